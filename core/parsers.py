@@ -1,0 +1,44 @@
+import re
+
+import orjson
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser
+
+from core.exceptions import PayloadTooLarge
+
+# A JSON "\u0000" escape not itself escaped by a preceding backslash.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def parse_json_body(body: bytes):
+    """Parse a JSON request body, rejecting what PostgreSQL or our code cannot take.
+
+    Invalid UTF-8 and nesting deeper than orjson's limit fail to parse; NUL
+    characters are refused because PostgreSQL text cannot hold them.
+    """
+    if not body.strip():
+        raise ParseError("The request body is empty; send a JSON object.")
+    if b"\x00" in body or (b"\\u0000" in body and _NUL_ESCAPE.search(body)):
+        raise ParseError("JSON parse error: NUL characters are not allowed.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"JSON parse error: {exc}") from None
+
+
+def read_limited(stream, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; a longer body is refused, whatever Content-Length said."""
+    if stream is None:
+        return b""
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge()
+    return body
+
+
+class StrictJSONParser(BaseParser):
+    media_type = "application/json"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return parse_json_body(read_limited(stream, settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
