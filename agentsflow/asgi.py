@@ -8,7 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentsflow.settings")
 django_asgi_app = get_asgi_application()  # sets up Django before the imports below
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from core.websocket_auth import APIKeyOrSessionAuthMiddleware  # noqa: E402
@@ -16,6 +15,7 @@ from core.websocket_auth import APIKeyOrSessionAuthMiddleware  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(APIKeyOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        # Checks the Origin itself: required for cookie sessions, optional for API keys.
+        "websocket": APIKeyOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

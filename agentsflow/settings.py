@@ -19,6 +19,7 @@ from agentsflow.env import (
     env_choice,
     env_float,
     env_int,
+    env_json,
     env_list,
     env_str,
     redis_url,
@@ -276,6 +277,30 @@ SPECTACULAR_SETTINGS = {
 # --- API keys ---------------------------------------------------------------------
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 300, minimum=1)
 API_KEY_LAST_USED_INTERVAL = 60  # write last_used_at at most once a minute per key
+
+# --- Chat -------------------------------------------------------------------------
+BUNDLED_MODEL = {
+    "name": "smollm2",
+    "provider": "local",
+    "upstream_model": "SmolLM2-135M-Instruct",
+    "description": "SmolLM2 135M Instruct, bundled: runs on this machine with no keys or network.",
+    "context_window": 2048,
+    "max_output_tokens": 256,
+    "default_temperature": 0.7,
+    "allowed_tiers": ["regular", "premium"],
+}
+# Extra models as a JSON list of objects with the same keys (plus optional "fallback"),
+# e.g. [{"name": "gpt-4o-mini", "provider": "openai", "upstream_model": "gpt-4o-mini",
+#        "context_window": 128000, "max_output_tokens": 4096, "fallback": "smollm2"}]
+CHAT_MODELS = [BUNDLED_MODEL, *env_json("AGENTSFLOW_MODELS", [])]
+if not isinstance(CHAT_MODELS, list) or not all(isinstance(m, dict) and m.get("name") for m in CHAT_MODELS):
+    raise ImproperlyConfigured("AGENTSFLOW_MODELS must be a JSON list of objects, each with a name")
+CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL", "smollm2")
+CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32_000, minimum=1)
+CHAT_STREAM_GRACE_SECONDS = env_float("CHAT_STREAM_GRACE_SECONDS", 30.0, minimum=0)
+CHAT_REPLAY_TTL_SECONDS = env_int("CHAT_REPLAY_TTL_SECONDS", 600, minimum=10)
+CHAT_GENERATION_TIMEOUT = env_float("CHAT_GENERATION_TIMEOUT", 300.0, minimum=1)
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
 
 # --- Logging ------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", {"debug", "info", "warning", "error"}).upper()

@@ -17,6 +17,8 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("core.urls")),
+    path("api/", include("chat.urls")),
+    path("v1/", include("chat.openai_urls")),
     # Anything else under /api/ or /v1/ is a JSON 404, never Django's HTML page.
     re_path(r"^api/", api_not_found),
     re_path(r"^v1/", api_not_found),

@@ -27,3 +27,17 @@ def conversation_get(*, user, conversation_id: int) -> Conversation:
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
     """A conversation's messages in time order (served by idx_messages_conv_created)."""
     return Message.objects.filter(conversation=conversation).order_by("created_at", "id")
+
+
+def message_get(*, user, message_id: int) -> Message:
+    """The user's own message (through its conversation); anyone else's is a 404."""
+    message = Message.objects.filter(pk=message_id, conversation__user=user).first()
+    if message is None:
+        raise Http404("No such message.")
+    return message
+
+
+def idempotency_record_get(*, user, key: str):
+    from chat.models import IdempotencyRecord
+
+    return IdempotencyRecord.objects.filter(user=user, key=key).first()

@@ -1,0 +1,287 @@
+"""WebSocket chat (`/ws/chat/`). The protocol is documented in docs/websocket.md.
+
+A socket joins the channel group of each conversation it sends to, subscribes
+to or resumes, so every socket open on a conversation (several tabs, any worker)
+sees the same stream. Per-connection state stays small: the groups joined, the
+replies in flight and the last sequence number seen of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+from rest_framework.exceptions import APIException, ValidationError
+
+from chat import selectors, services, shared, streaming
+from chat.api_send import _prepare_regenerate, _prepare_send
+from chat.http import Caller
+from chat.models import Message
+from chat.serializers import SendSerializer, content_too_long
+from core.exceptions import _flatten_details, database_error_as_api_exception
+from core.models import APIKey
+
+logger = logging.getLogger("agentsflow.chat")
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+BURST = 30  # messages a client may send at once
+REFILL_PER_SECOND = 10.0  # sustained messages per second
+FLOOD_DROPS = 60  # throttled messages tolerated before the socket is closed (1008)
+
+
+class _NotYours(Exception):
+    """Another user's conversation or message: the socket is closed with 4404."""
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.caller = Caller(user=self.user, key=self.scope.get("auth"))
+        self.groups_joined: set[str] = set()
+        self.last_seq: dict[int, int] = {}
+        self.in_flight: set[int] = set()
+        self.lease_task: asyncio.Task | None = None
+        self.tokens, self.refilled_at, self.drops = float(BURST), time.monotonic(), 0
+        await self.accept()
+        if not (self.user and self.user.is_authenticated):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if self.caller.key is not None and not self.caller.key.allows(APIKey.Scope.CHAT):
+            await self._send(
+                {"type": "error", "code": "permission_denied", "message": "This API key lacks the 'chat' scope."}
+            )
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self._send({"type": "ready", "user": {"id": self.user.pk, "email": self.user.email}})
+
+    async def disconnect(self, code) -> None:
+        if self.lease_task is not None:
+            self.lease_task.cancel()
+        for group in list(getattr(self, "groups_joined", ())):
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- incoming ---------------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if bytes_data is not None:
+            await self.close(code=CLOSE_UNSUPPORTED_DATA)
+            return
+        if len(text_data) > settings.WS_MAX_MESSAGE_BYTES or len(text_data.encode()) > settings.WS_MAX_MESSAGE_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
+        if not self._take_token():
+            if self.drops > FLOOD_DROPS:
+                await self.close(code=CLOSE_POLICY)
+            else:
+                await self._send({"type": "error", "code": "throttled", "message": "Too many messages; slow down."})
+            return
+        try:
+            message = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            await self._send({"type": "error", "code": "parse_error", "message": "Messages must be JSON objects."})
+            return
+        if not isinstance(message, dict):
+            await self._send({"type": "error", "code": "parse_error", "message": "Messages must be JSON objects."})
+            return
+        handler = self.HANDLERS.get(message.get("type"))
+        if handler is None:
+            await self._send(
+                {
+                    "type": "error",
+                    "code": "unknown_type",
+                    "message": f"Unknown message type {message.get('type')!r}; "
+                    f"expected one of {sorted(self.HANDLERS)}.",
+                }
+            )
+            return
+        try:
+            await handler(self, message)
+        except _NotYours:
+            await self._send({"type": "error", "code": "not_found", "message": "No such conversation or message."})
+            await self.close(code=CLOSE_NOT_FOUND)
+        except (ValidationError, APIException) as exc:
+            await self._send(self._api_error(exc, message))
+        except Exception as exc:  # the database or cache is down: say so, keep the socket
+            mapped = database_error_as_api_exception(exc)
+            if mapped is None:
+                logger.exception("websocket handler %s failed", message.get("type"))
+            await self._send(
+                {
+                    "type": "error",
+                    "client_id": message.get("client_id"),
+                    "code": mapped.default_code if mapped else "server_error",
+                    "message": str(mapped.detail) if mapped else "Internal server error.",
+                }
+            )
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.refilled_at) * REFILL_PER_SECOND)
+        self.refilled_at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.drops = 0
+            return True
+        self.drops += 1
+        return False
+
+    @staticmethod
+    def _api_error(exc: APIException, message: dict) -> dict:
+        event = {"type": "error", "client_id": message.get("client_id")}
+        if isinstance(exc, ValidationError):
+            event.update(code="invalid", message="Invalid input.", details=_flatten_details(exc.detail))
+        else:
+            codes = exc.get_codes()
+            event.update(code=codes if isinstance(codes, str) else "error", message=str(exc.detail))
+        return event
+
+    @staticmethod
+    def _int_field(message: dict, name: str, *, required: bool = True) -> int | None:
+        value = message.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValidationError({name: ["A non-negative integer is required."]})
+        return value
+
+    async def handle_send(self, message: dict) -> None:
+        serializer = SendSerializer(data=message)
+        if not serializer.is_valid():
+            raise ValidationError(serializer.errors)
+        data = serializer.validated_data
+        if content_too_long(data["content"]):
+            await self._send(
+                {
+                    "type": "error",
+                    "code": "message_too_long",
+                    "client_id": message.get("client_id"),
+                    "message": f"The message is over the {settings.CHAT_MAX_MESSAGE_CHARS}-character limit.",
+                }
+            )
+            return
+        conversation_id = self._int_field(message, "conversation_id", required=False)
+        plan = await self._db(_prepare_send, self.caller, conversation_id, data, None)
+        await self._start(
+            plan, {"type": "accepted", "client_id": message.get("client_id"), "user_message_id": plan.user_message_id}
+        )
+
+    async def handle_regenerate(self, message: dict) -> None:
+        plan = await self._db(_prepare_regenerate, self.caller, self._int_field(message, "message_id"))
+        await self._start(plan, {"type": "accepted", "client_id": message.get("client_id")})
+
+    async def handle_subscribe(self, message: dict) -> None:
+        conversation_id = self._int_field(message, "conversation_id")
+        streaming_ids = await self._db(_streaming_replies, self.user, conversation_id)
+        await self._join(conversation_id)
+        await self._send({"type": "subscribed", "conversation_id": conversation_id, "streaming": streaming_ids})
+
+    async def handle_unsubscribe(self, message: dict) -> None:
+        group = streaming.conversation_group(self._int_field(message, "conversation_id"))
+        if group in self.groups_joined:
+            self.groups_joined.discard(group)
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def handle_cancel(self, message: dict) -> None:
+        message_id = self._int_field(message, "message_id")
+        await self._db(selectors.message_get, user=self.user, message_id=message_id)
+        await streaming.cancel(message_id)
+
+    async def handle_resume(self, message: dict) -> None:
+        """Replay what was missed after ``last_seq``; live events follow through the group."""
+        message_id = self._int_field(message, "message_id")
+        last_seq = self._int_field(message, "last_seq")
+        reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
+        await self._join(reply.conversation_id)  # join first, so nothing falls between replay and live
+        self.last_seq[message_id] = max(self.last_seq.get(message_id, 0), last_seq)
+        missed = await shared.replay_read(message_id, last_seq)
+        if not missed:
+            reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
+            if reply.status != Message.Status.STREAMING:
+                missed = [streaming.final_event_from(reply, last_seq + 1)]
+        if reply.status == Message.Status.STREAMING:
+            self._track(message_id)
+        await self.chat_events({"events": missed})
+
+    async def handle_ping(self, message: dict) -> None:
+        await self._send({"type": "pong"})
+
+    HANDLERS = {
+        "send": handle_send,
+        "regenerate": handle_regenerate,
+        "subscribe": handle_subscribe,
+        "unsubscribe": handle_unsubscribe,
+        "cancel": handle_cancel,
+        "resume": handle_resume,
+        "ping": handle_ping,
+    }
+
+    # --- outgoing ---------------------------------------------------------------------------
+
+    async def chat_events(self, event: dict) -> None:
+        """Reply events from the conversation groups (and replays), each sent once, in order."""
+        for item in event["events"]:
+            message_id = item["message_id"]
+            if item["seq"] <= self.last_seq.get(message_id, 0):
+                continue
+            self.last_seq[message_id] = item["seq"]
+            if item["type"] == "start":
+                self._track(message_id)
+            elif item["type"] in streaming.TERMINAL:
+                self.in_flight.discard(message_id)
+                self.last_seq.pop(message_id, None)
+            await self._send(item)
+
+    async def _send(self, payload: dict) -> None:
+        await self.send(text_data=orjson.dumps(payload).decode())
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _db(self, function, *args, **kwargs):
+        try:
+            return await database_sync_to_async(function)(*args, **kwargs)
+        except Http404:
+            raise _NotYours() from None
+
+    async def _join(self, conversation_id: int) -> None:
+        group = streaming.conversation_group(conversation_id)
+        if group not in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups_joined.add(group)
+
+    async def _start(self, plan: services.SendPlan, accepted: dict) -> None:
+        await self._join(plan.conversation_id)
+        self._track(plan.assistant_message_id)
+        await self._send({**accepted, "conversation_id": plan.conversation_id, "message_id": plan.assistant_message_id})
+        streaming.start(plan)
+
+    def _track(self, message_id: int) -> None:
+        """Hold a listener lease on a reply while it streams, so it is not abandoned."""
+        self.in_flight.add(message_id)
+        if self.lease_task is None or self.lease_task.done():
+            self.lease_task = asyncio.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        while self.in_flight:
+            for message_id in list(self.in_flight):
+                await shared.renew_listener_lease(message_id, streaming.LEASE_TTL)
+            await asyncio.sleep(streaming.LEASE_TTL / 3)
+
+
+def _streaming_replies(user, conversation_id: int) -> list[int]:
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    return list(
+        Message.objects.filter(conversation=conversation, status=Message.Status.STREAMING).values_list("id", flat=True)
+    )

@@ -1,0 +1,154 @@
+"""Async access to state every process must see while a reply streams: the replay
+buffer of events, cancel requests and listener leases.
+
+With ``REDIS_URL`` it lives in Redis (through redis.asyncio, so the event loop
+never blocks); without it, in this process's memory, which is all there is in the
+embedded single-process mode. Redis errors never break a stream: they are
+logged, and the operation degrades (no replay, no cross-process cancel) until
+Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+logger = logging.getLogger("agentsflow.chat")
+
+BREAKER_SECONDS = 2.0
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._lists: dict[str, tuple[float, list[bytes]]] = {}
+        self._values: dict[str, tuple[float, bytes]] = {}
+
+    def _sweep(self) -> None:
+        if len(self._lists) + len(self._values) < 10_000:
+            return
+        now = time.monotonic()
+        self._lists = {k: v for k, v in self._lists.items() if v[0] > now}
+        self._values = {k: v for k, v in self._values.items() if v[0] > now}
+
+    async def rpush(self, key: str, values: list[bytes], ttl: int) -> None:
+        self._sweep()
+        _, items = self._lists.get(key, (0.0, []))
+        items.extend(values)
+        self._lists[key] = (time.monotonic() + ttl, items)
+
+    async def lrange(self, key: str, start: int) -> list[bytes]:
+        expires, items = self._lists.get(key, (0.0, []))
+        return items[start:] if expires > time.monotonic() else []
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._sweep()
+        self._values[key] = (time.monotonic() + ttl, value)
+
+    async def get(self, key: str) -> bytes | None:
+        expires, value = self._values.get(key, (0.0, None))
+        return value if expires > time.monotonic() else None
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+
+
+class RedisStore:
+    """One redis.asyncio client per event loop (a client cannot cross loops)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._down_until = 0.0
+
+    def _client(self):
+        import redis.asyncio as aioredis
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = aioredis.from_url(
+                self.url,
+                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                max_connections=settings.REDIS_MAX_CONNECTIONS,
+                retry_on_timeout=False,
+            )
+            self._clients[loop] = client
+        return client
+
+    async def _run(self, operation: str, fallback: Any, coro_factory) -> Any:
+        if time.monotonic() < self._down_until:
+            return fallback
+        try:
+            return await coro_factory(self._client())
+        except Exception as exc:  # Redis down or slow: degrade, never break the stream
+            if time.monotonic() >= self._down_until:
+                logger.warning("redis unavailable for %s: %s", operation, exc.__class__.__name__)
+            self._down_until = time.monotonic() + BREAKER_SECONDS
+            return fallback
+
+    async def rpush(self, key: str, values: list[bytes], ttl: int) -> None:
+        async def op(client):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, *values)
+                pipe.expire(key, ttl)
+                await pipe.execute()
+
+        await self._run("replay append", None, op)
+
+    async def lrange(self, key: str, start: int) -> list[bytes]:
+        return await self._run("replay read", [], lambda client: client.lrange(key, start, -1))
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._run("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._run("get", None, lambda client: client.get(key))
+
+    async def delete(self, key: str) -> None:
+        await self._run("delete", None, lambda client: client.delete(key))
+
+
+_store: MemoryStore | RedisStore | None = None
+
+
+def store() -> MemoryStore | RedisStore:
+    global _store
+    if _store is None:
+        _store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+    return _store
+
+
+def _replay_key(message_id: int) -> str:
+    return f"af:replay:{message_id}"
+
+
+async def replay_append(message_id: int, events: list[dict]) -> None:
+    await store().rpush(_replay_key(message_id), [orjson.dumps(e) for e in events], settings.CHAT_REPLAY_TTL_SECONDS)
+
+
+async def replay_read(message_id: int, after_seq: int) -> list[dict]:
+    """Events with seq > after_seq (seq starts at 1, so index == seq - 1)."""
+    return [orjson.loads(raw) for raw in await store().lrange(_replay_key(message_id), max(after_seq, 0))]
+
+
+async def request_cancel(message_id: int) -> None:
+    await store().set(f"af:cancel:{message_id}", b"1", ttl=300)
+
+
+async def cancel_requested(message_id: int) -> bool:
+    return await store().get(f"af:cancel:{message_id}") is not None
+
+
+async def renew_listener_lease(message_id: int, ttl: float) -> None:
+    await store().set(f"af:listen:{message_id}", b"1", ttl=ttl)
+
+
+async def has_listener_lease(message_id: int) -> bool:
+    return await store().get(f"af:listen:{message_id}") is not None

@@ -1,0 +1,390 @@
+"""Generations: one model reply being produced, its events, and who listens.
+
+A generation runs as an asyncio task in the process that accepted the message,
+independent of the request or socket that started it, so a client that drops
+can come back and resume. Every event gets an increasing ``seq`` and goes to:
+
+- local subscribers (the SSE response or non-streaming request that started it),
+- the replay buffer (Redis list with a TTL, or memory when embedded), so a
+  client reconnecting anywhere gets the events it missed,
+- the conversation's channel group, so every socket open on the conversation
+  (several tabs, any worker process) sees the same stream.
+
+The reply is stored (``assistant_finish``) before the final ``done``/``error``
+event is sent, so a client that sees ``done`` can read the stored message.
+
+When nobody listens any more (no local subscriber and no socket renewing the
+listener lease), the generation goes on for CHAT_STREAM_GRACE_SECONDS so a
+reconnecting client can resume, then stops and keeps the partial reply as
+``cancelled``. A cancel request stops it within a second from any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat import shared
+from chat.models import Message
+from chat.providers import get_provider
+from chat.providers.base import Chunk, ProviderError, ProviderUnavailable, Usage, estimate_tokens
+from chat.registry import ModelInfo, find_model
+from chat.services import SendPlan, assistant_finish
+
+logger = logging.getLogger("agentsflow.chat")
+
+TERMINAL = frozenset({"done", "error"})
+WATCH_INTERVAL = 0.25  # how often a generation checks for cancel requests and listeners
+LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
+SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
+
+_running: dict[int, Generation] = {}
+
+
+def conversation_group(conversation_id: int) -> str:
+    return f"conv.{conversation_id}"
+
+
+def running(message_id: int) -> Generation | None:
+    return _running.get(message_id)
+
+
+class Generation:
+    def __init__(self, plan: SendPlan) -> None:
+        self.plan = plan
+        self.message_id = plan.assistant_message_id
+        self.conversation_id = plan.conversation_id
+        self.seq = 0
+        self.events: list[dict] = []
+        self.subscribers: set[asyncio.Queue] = set()
+        self.model_used = plan.model.name
+        self.cancel_reason: str | None = None
+        self.final: dict | None = None
+        self.done = asyncio.Event()
+        self._outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+        self._stream_task: asyncio.Task | None = None
+        self._last_listener = time.monotonic()
+        self.task: asyncio.Task | None = None
+
+    # --- listeners -------------------------------------------------------------------
+
+    def subscribe(self, after_seq: int = 0) -> asyncio.Queue:
+        """A queue of this generation's events with seq > after_seq, past ones first."""
+        queue: asyncio.Queue = asyncio.Queue()
+        for event in self.events:
+            if event["seq"] > after_seq:
+                queue.put_nowait(event)
+        self.subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self.subscribers.discard(queue)
+        if not self.subscribers:
+            self._last_listener = time.monotonic()
+
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self._stream_task is not None and not self._stream_task.done():
+            self._stream_task.cancel()
+
+    # --- events --------------------------------------------------------------------------
+
+    def _emit(self, kind: str, **data) -> dict:
+        self.seq += 1
+        event = {
+            "type": kind,
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            **data,
+        }
+        self.events.append(event)
+        for queue in list(self.subscribers):
+            if queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
+                self.subscribers.discard(queue)
+                continue
+            queue.put_nowait(event)
+        self._outbox.put_nowait(event)
+        return event
+
+    async def _publish(self) -> None:
+        """Ship events to the replay buffer and the channel group, batching whatever
+        accumulated while the previous batch was in flight (one Redis round trip
+        per batch, not per token)."""
+        layer = get_channel_layer()
+        group = conversation_group(self.conversation_id)
+        finished = False
+        while not finished:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            if batch[-1] is None:
+                finished = True
+                batch.pop()
+            if not batch:
+                continue
+            await shared.replay_append(self.message_id, batch)
+            if layer is not None:
+                try:
+                    await layer.group_send(group, {"type": "chat.events", "events": batch})
+                except Exception as exc:  # a dead channel layer must not stop the reply
+                    logger.warning("channel layer send failed: %s", exc.__class__.__name__)
+
+    # --- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        publisher = asyncio.create_task(self._publish())
+        watcher = asyncio.create_task(self._watch())
+        self._emit("start", user_message_id=self.plan.user_message_id, model=self.plan.model.name)
+        state = {"parts": [], "ttft_ms": None, "usage": None, "finish": None}
+        status, error_code, error_text, http_status = Message.Status.COMPLETE, "", "", 200
+        self._stream_task = asyncio.create_task(self._consume(state, started))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stream_task), settings.CHAT_GENERATION_TIMEOUT)
+        except asyncio.CancelledError:
+            # Either our own cancel() stopped the stream, or this task is being
+            # cancelled (server shutdown): keep the partial reply either way.
+            if self.cancel_reason is None:
+                self.cancel(reason="the server is shutting down")
+            status = Message.Status.CANCELLED
+        except TimeoutError:
+            self.cancel(reason="timeout")
+            status, error_code, http_status = Message.Status.ERROR, "timeout", 504
+            error_text = f"The reply took longer than {settings.CHAT_GENERATION_TIMEOUT:.0f} s and was stopped."
+        except ProviderError as exc:
+            status, error_code, error_text, http_status = Message.Status.ERROR, exc.code, str(exc), exc.status
+        except Exception:
+            logger.exception("generation %s failed", self.message_id)
+            status, error_code, http_status = Message.Status.ERROR, "server_error", 500
+            error_text = "The reply failed because of an internal error."
+        else:
+            if self.cancel_reason is not None or state["finish"] == "cancelled":
+                status = Message.Status.CANCELLED
+        finally:
+            watcher.cancel()
+        if self._stream_task is not None and not self._stream_task.done():
+            with contextlib.suppress(BaseException):
+                await self._stream_task
+
+        content = "".join(state["parts"])
+        usage = state["usage"] or Usage(
+            prompt_tokens=sum(estimate_tokens(m.content) for m in self.plan.request.messages),
+            completion_tokens=len(state["parts"]),
+        )
+        latency_ms = int((time.monotonic() - started) * 1000)
+        await self._store(content, status, usage, latency_ms, state["ttft_ms"], error_text)
+        final = {
+            "status": status,
+            "model": self.model_used,
+            "finish_reason": state["finish"] if status == Message.Status.COMPLETE else status,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+            "latency_ms": latency_ms,
+            "ttft_ms": state["ttft_ms"],
+            "content": content,
+        }
+        if status == Message.Status.ERROR:
+            final.update(code=error_code, message=error_text, http_status=http_status)
+            self.final = self._emit("error", **final)
+        else:
+            if self.cancel_reason and status == Message.Status.CANCELLED:
+                final["reason"] = self.cancel_reason
+            self.final = self._emit("done", **final)
+        self._outbox.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(publisher, timeout=5)
+        self.done.set()
+
+    async def _store(self, content, status, usage, latency_ms, ttft_ms, error_text) -> None:
+        try:
+            await sync_to_async(assistant_finish)(
+                message_id=self.message_id,
+                content=content,
+                status=status,
+                usage=usage,
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                model_name=self.model_used,
+                error=error_text,
+            )
+        except Exception:
+            # The database is unreachable: the reply stays `streaming` and the sweeper
+            # marks it from the replay buffer later. The client still gets its events.
+            logger.exception("could not store reply %s", self.message_id)
+
+    async def _consume(self, state: dict, started: float) -> None:
+        async with contextlib.aclosing(self._chunks()) as chunks:
+            async for chunk in chunks:
+                if chunk.delta:
+                    if state["ttft_ms"] is None:
+                        state["ttft_ms"] = int((time.monotonic() - started) * 1000)
+                    state["parts"].append(chunk.delta)
+                    self._emit("delta", text=chunk.delta)
+                if chunk.finish_reason:
+                    state["finish"] = chunk.finish_reason
+                    state["usage"] = chunk.usage
+
+    async def _chunks(self) -> AsyncIterator[Chunk]:
+        """The primary model's chunks, or the fallback's when the primary cannot be
+        reached before its first chunk (never in the middle of a stream)."""
+        model, request = self.plan.model, self.plan.request
+        try:
+            async with contextlib.aclosing(get_provider(model.provider).stream(request)) as stream:
+                async for chunk in stream:
+                    yield chunk
+            return
+        except ProviderUnavailable:
+            if self.seq > 1 or (fallback := _fallback_for(model)) is None:  # only "start" sent so far
+                raise
+        logger.warning("model %s unreachable, falling back to %s", model.name, fallback.name)
+        self.model_used = fallback.name
+        self._emit("fallback", model=fallback.name)
+        request = replace(
+            request, model=fallback.upstream_model, max_tokens=min(request.max_tokens, fallback.max_output_tokens)
+        )
+        async with contextlib.aclosing(get_provider(fallback.provider).stream(request)) as stream:
+            async for chunk in stream:
+                yield chunk
+
+    async def _watch(self) -> None:
+        """Stop on a cancel request from another process, or once nobody has
+        listened for the grace period."""
+        grace = settings.CHAT_STREAM_GRACE_SECONDS
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if settings.REDIS_URL and await shared.cancel_requested(self.message_id):
+                self.cancel()
+                return
+            now = time.monotonic()
+            if self.subscribers or await shared.has_listener_lease(self.message_id):
+                self._last_listener = now
+            elif now - self._last_listener > grace:
+                self.cancel(reason="no listener for the grace period")
+                return
+
+
+def _fallback_for(model: ModelInfo) -> ModelInfo | None:
+    if not model.fallback:
+        return None
+    fallback = find_model(model.fallback)
+    return fallback if fallback is not None and fallback.enabled else None
+
+
+def start(plan: SendPlan) -> Generation:
+    """Start a generation on the running event loop; it outlives the request."""
+    generation = Generation(plan)
+    _running[generation.message_id] = generation
+    generation.task = asyncio.create_task(generation.run(), name=f"generation-{generation.message_id}")
+    generation.task.add_done_callback(lambda _: _running.pop(generation.message_id, None))
+    return generation
+
+
+async def cancel(message_id: int) -> None:
+    """Stop a streaming reply wherever it runs (here at once; elsewhere within WATCH_INTERVAL)."""
+    generation = _running.get(message_id)
+    if generation is not None:
+        generation.cancel()
+    else:
+        await shared.request_cancel(message_id)
+
+
+def _load_reply(message_id: int) -> Message | None:
+    return Message.objects.filter(pk=message_id, role=Message.Role.ASSISTANT).first()
+
+
+def final_event_from(message: Message, seq: int) -> dict:
+    """A reply's final event rebuilt from the database (its replay buffer has expired)."""
+    usage = {
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "total_tokens": message.prompt_tokens + message.completion_tokens,
+    }
+    event = {
+        "type": "error" if message.status == Message.Status.ERROR else "done",
+        "seq": seq,
+        "message_id": message.pk,
+        "conversation_id": message.conversation_id,
+        "status": message.status,
+        "model": message.model_name,
+        "finish_reason": "stop" if message.status == Message.Status.COMPLETE else message.status,
+        "usage": usage,
+        "latency_ms": message.latency_ms,
+        "ttft_ms": message.ttft_ms,
+        "content": message.content,
+    }
+    if message.status == Message.Status.ERROR:
+        event.update(code="provider_error", message=message.error, http_status=502)
+    return event
+
+
+async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> AsyncIterator[dict]:
+    """Every event of a reply after ``after_seq``, live, until the final one.
+
+    Served from this process's generation when it runs here, otherwise from the
+    replay buffer (polled), so a client may reconnect to any worker. A reply that
+    finished long ago (buffer expired) yields one final event rebuilt from the
+    database; one whose producer vanished ends with a ``stream_lost`` error.
+    """
+    generation = _running.get(message_id)
+    if generation is not None:
+        queue = generation.subscribe(after_seq)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event["type"] in TERMINAL:
+                    return
+        finally:
+            generation.unsubscribe(queue)
+
+    last = after_seq
+    idle_since = time.monotonic()
+    next_db_check = 0.0  # look at the stored reply at once, then at most once a second
+    while True:
+        batch = [event for event in await shared.replay_read(message_id, last) if event["seq"] > last]
+        for event in batch:
+            last = event["seq"]
+            yield event
+            if event["type"] in TERMINAL:
+                return
+        if batch:
+            idle_since = time.monotonic()
+            await shared.renew_listener_lease(message_id, LEASE_TTL)
+        elif time.monotonic() >= next_db_check:
+            next_db_check = time.monotonic() + 1.0
+            message = await sync_to_async(_load_reply)(message_id)
+            if message is None:
+                return
+            if message.status != Message.Status.STREAMING:
+                tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
+                if tail and tail[-1]["type"] in TERMINAL:
+                    for event in tail:
+                        yield event
+                    return
+                yield final_event_from(message, last + 1)
+                return
+            if time.monotonic() - idle_since > LEASE_TTL:
+                yield {
+                    "type": "error",
+                    "seq": last + 1,
+                    "message_id": message_id,
+                    "status": "error",
+                    "code": "stream_lost",
+                    "message": "The worker producing this reply stopped responding.",
+                    "http_status": 503,
+                }
+                return
+        await asyncio.sleep(poll)
