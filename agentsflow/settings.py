@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from csp.constants import NONCE
 from django.core.exceptions import ImproperlyConfigured
 
 from agentsflow.env import (
@@ -68,21 +69,35 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "django_prometheus",
     "core",
     "chat",
     "analytics",
 ]
 
+# Ordered on purpose: timing outermost (it must see every answer, 413 and 429
+# included); security headers next, so every response carries them; gzip before
+# anything that produces bodies; cheap refusals (body size) before work; rate
+# limits after authentication. Django's own classes are wrapped to run inline under
+# ASGI (core.middleware.inline). `python -m bench.middleware` measures each one.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "core.middleware.PrometheusBeforeMiddleware",
+    "core.middleware.RequestTimingMiddleware",
+    "core.middleware.SecurityMiddleware",
+    "core.middleware.SecurityHeadersMiddleware",
+    "core.middleware.CSPMiddleware",
+    "core.middleware.XFrameOptionsMiddleware",
+    "core.middleware.GZipMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
+    "core.middleware.RequestTimeoutMiddleware",
+    "core.middleware.SessionMiddleware",
+    "core.middleware.CommonMiddleware",
+    "core.middleware.CsrfViewMiddleware",
+    "core.middleware.AuthenticationMiddleware",
+    "core.middleware.RateLimitMiddleware",
+    "core.middleware.MessageMiddleware",
     "core.middleware.ApiExceptionMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "agentsflow.urls"
@@ -139,7 +154,7 @@ if DATABASE_URL:
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "django_prometheus.db.backends.sqlite3",
             "NAME": env_str("SQLITE_PATH", str(VAR_DIR / "agentsflow.sqlite3")),
             "OPTIONS": {
                 "transaction_mode": "IMMEDIATE",
@@ -157,7 +172,7 @@ REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "af",
             "OPTIONS": {
@@ -193,7 +208,7 @@ if REDIS_URL:
     }
 else:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "agentsflow"},
+        "default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache", "LOCATION": "agentsflow"},
         "sessions": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "agentsflow-sessions"},
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -221,6 +236,49 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        # Scripts only from our origin, or inline with this response's nonce.
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", "'unsafe-inline'"],  # Swagger UI and ReDoc set inline styles
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'", "ws:", "wss:"],
+        "worker-src": ["'self'", "blob:"],  # ReDoc
+        "font-src": ["'self'", "data:"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'self'"],
+        "object-src": ["'none'"],
+    }
+}
+
+# --- Metrics ----------------------------------------------------------------------
+# /metrics answers these networks, or anyone sending `Authorization: Bearer $METRICS_TOKEN`.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# --- Requests: timing, limits ----------------------------------------------------
+ACCESS_LOG = env_bool("ACCESS_LOG", True)
+SLOW_QUERY_MS = env_int("SLOW_QUERY_MS", 500, minimum=0)
+REQUEST_TIMEOUT_SECONDS = env_float("REQUEST_TIMEOUT_SECONDS", 30.0, minimum=1)
+GZIP_MIN_BYTES = 1000
+RATE_LIMITS = {
+    "premium": env_int("RATE_LIMIT_PREMIUM", 200, minimum=1),
+    "regular": env_int("RATE_LIMIT_REGULAR", 100, minimum=1),
+    "anonymous": env_int("RATE_LIMIT_ANONYMOUS", 50, minimum=1),
+}
+TOKEN_QUOTAS = {
+    "premium": env_int("TOKEN_QUOTA_PREMIUM", 2_000_000, minimum=1),
+    "regular": env_int("TOKEN_QUOTA_REGULAR", 200_000, minimum=1),
+}
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_FAIL_OPEN = True  # django-ratelimit (sign-in, key creation): Redis down must not lock people out
+AUTH_RATE_LIMIT = env_str("AUTH_RATE_LIMIT", "5/s")  # sign-in and key creation, per client IP (the guide's zone)
+# Proxies whose X-Forwarded-For is believed (CIDRs). Empty: REMOTE_ADDR is the client.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 
 # --- Static files -----------------------------------------------------------------
 STATIC_URL = "/static/"
@@ -271,7 +329,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "chat.openapi.add_async_endpoints",
+    ],
 }
 
 # --- API keys ---------------------------------------------------------------------

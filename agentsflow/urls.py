@@ -3,18 +3,23 @@ from django.contrib import admin
 from django.contrib.staticfiles.views import serve as serve_from_finders
 from django.urls import include, path, re_path
 from django.views.static import serve as serve_static
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from core import health
+from chat.views import chat_page
+from core import health, metrics_view
+from core import views as core_views
 from core.exceptions import api_not_found
 
 urlpatterns = [
+    path("", chat_page, name="chat"),
     path("health", health.live, name="health"),
     path("ready", health.ready, name="ready"),
+    path("metrics", metrics_view.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("accounts/login/", core_views.login, name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("core.urls")),
     path("api/", include("chat.urls")),

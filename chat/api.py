@@ -80,6 +80,7 @@ class ConversationListView(APIView):
     required_scopes = {"GET": READ, "POST": WRITE}
 
     @extend_schema(
+        operation_id="conversations_list",
         parameters=[*PAGE_PARAMETERS, OpenApiParameter("q", str, description="Case-insensitive title search.")],
         responses={
             200: inline_serializer(
@@ -169,6 +170,7 @@ class MessageListView(APIView):
     required_scopes = READ
 
     @extend_schema(
+        operation_id="messages_list",
         parameters=PAGE_PARAMETERS,
         responses={
             200: inline_serializer(

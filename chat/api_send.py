@@ -21,6 +21,7 @@ from chat.registry import usable_model
 from chat.serializers import ChatSerializer, MessageSerializer, SendSerializer, content_too_long
 from chat.services import SendPlan
 from chat.sse import EventPump, sse_response
+from core import quotas
 from core.exceptions import error_body, json_response
 from core.models import APIKey
 
@@ -127,6 +128,7 @@ async def stream_reply(reply_id: int, *, after_seq: int = 0, **ids) -> HttpRespo
 
 def _prepare_send(caller: Caller, conversation_id: int | None, data: dict, idempotency) -> SendPlan:
     user = caller.user
+    quotas.check(user)
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id) if conversation_id else None
     requested = data.get("model") or (conversation.model_name if conversation else None)
     model = usable_model(requested, tier=user.tier)
@@ -227,7 +229,9 @@ async def chat(request: HttpRequest, caller: Caller) -> HttpResponse:
 def _prepare_regenerate(caller: Caller, message_id: int) -> SendPlan:
     reply = selectors.message_get(user=caller.user, message_id=message_id)
     model = usable_model(reply.model_name, tier=caller.user.tier)
+    quotas.check(caller.user)
     return services.message_regenerate_prepare(
+        user=caller.user,
         reply=reply,
         model=model,
         count_tokens=get_provider(model.provider).count_tokens,

@@ -53,7 +53,7 @@ async def authenticate(request: HttpRequest, scopes: tuple[str, ...]) -> Caller:
     """The caller, by API key or by session (with CSRF on unsafe methods)."""
     candidate = request_key(request)
     if candidate is not None:
-        result = await sync_to_async(authenticate_key)(candidate)
+        result = getattr(request, "api_key_auth", None) or await sync_to_async(authenticate_key)(candidate)
         if result is None:
             raise ApiError(401, "authentication_failed", INVALID_KEY_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
         user, identity = result
@@ -101,7 +101,9 @@ def platform_error(exc: Exception) -> ApiError | None:
         return ApiError(400, "invalid", "Invalid input.", _flatten_details(exc.detail))
     if isinstance(exc, APIException):
         code = exc.get_codes() if isinstance(exc.get_codes(), str) else "error"
-        return ApiError(exc.status_code, code, str(exc.detail))
+        retry_after = getattr(exc, "retry_after", None) or getattr(exc, "wait", None)
+        headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+        return ApiError(exc.status_code, code, str(exc.detail), headers=headers)
     if isinstance(exc, ProviderError):
         return ApiError(exc.status, exc.code, str(exc) or "The model provider failed.")
     mapped = database_error_as_api_exception(exc)

@@ -20,6 +20,7 @@ from chat.providers import get_provider
 from chat.providers.base import ChatMessage
 from chat.serializers import content_too_long
 from chat.sse import EventPump, sse_response
+from core import quotas
 from core.exceptions import json_response
 from core.models import APIKey
 
@@ -118,6 +119,7 @@ class CompletionRequestSerializer(serializers.Serializer):
 
 def _prepare(caller: Caller, data: dict) -> services.SendPlan:
     model = registry.usable_model(data["model"], tier=caller.user.tier)
+    quotas.check(caller.user)
     return services.completion_prepare(
         user=caller.user,
         messages=data["messages"],

@@ -39,6 +39,8 @@ class SendPlan:
     request: CompletionRequest
     conversation_created: bool
     created_at: datetime
+    user_id: int
+    tier: str
 
 
 def conversation_create(*, user, model_name: str, title: str = "") -> Conversation:
@@ -194,6 +196,8 @@ def message_send_prepare(
         request=_completion_request(model, history, temperature=temperature, max_tokens=max_tokens),
         conversation_created=created,
         created_at=now,
+        user_id=user.pk,
+        tier=user.tier,
     )
 
 
@@ -244,12 +248,14 @@ def completion_prepare(
         request=replace(request, stop=stop),
         conversation_created=True,
         created_at=now,
+        user_id=user.pk,
+        tier=user.tier,
     )
 
 
 @transaction.atomic
 def message_regenerate_prepare(
-    *, reply: Message, model: ModelInfo, count_tokens: Callable[[str], int], api_key_id: int | None = None
+    *, user, reply: Message, model: ModelInfo, count_tokens: Callable[[str], int], api_key_id: int | None = None
 ) -> SendPlan:
     """A new reply to the user message that ``reply`` answered; the old reply stays
     (history uses the newest). Only a finished reply can be regenerated."""
@@ -277,6 +283,8 @@ def message_regenerate_prepare(
         request=_completion_request(model, history, temperature=None, max_tokens=None),
         conversation_created=False,
         created_at=assistant.created_at,
+        user_id=user.pk,
+        tier=user.tier,
     )
 
 

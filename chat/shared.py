@@ -10,18 +10,12 @@ Redis answers again.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-import weakref
-from typing import Any
 
 import orjson
 from django.conf import settings
 
-logger = logging.getLogger("agentsflow.chat")
-
-BREAKER_SECONDS = 2.0
+from core import redis
 
 
 class MemoryStore:
@@ -59,39 +53,7 @@ class MemoryStore:
 
 
 class RedisStore:
-    """One redis.asyncio client per event loop (a client cannot cross loops)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._down_until = 0.0
-
-    def _client(self):
-        import redis.asyncio as aioredis
-
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = aioredis.from_url(
-                self.url,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                max_connections=settings.REDIS_MAX_CONNECTIONS,
-                retry_on_timeout=False,
-            )
-            self._clients[loop] = client
-        return client
-
-    async def _run(self, operation: str, fallback: Any, coro_factory) -> Any:
-        if time.monotonic() < self._down_until:
-            return fallback
-        try:
-            return await coro_factory(self._client())
-        except Exception as exc:  # Redis down or slow: degrade, never break the stream
-            if time.monotonic() >= self._down_until:
-                logger.warning("redis unavailable for %s: %s", operation, exc.__class__.__name__)
-            self._down_until = time.monotonic() + BREAKER_SECONDS
-            return fallback
+    """Through core.redis: per-loop async clients, short timeouts, a circuit breaker."""
 
     async def rpush(self, key: str, values: list[bytes], ttl: int) -> None:
         async def op(client):
@@ -100,19 +62,19 @@ class RedisStore:
                 pipe.expire(key, ttl)
                 await pipe.execute()
 
-        await self._run("replay append", None, op)
+        await redis.arun("replay append", None, op)
 
     async def lrange(self, key: str, start: int) -> list[bytes]:
-        return await self._run("replay read", [], lambda client: client.lrange(key, start, -1))
+        return await redis.arun("replay read", [], lambda client: client.lrange(key, start, -1))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._run("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)))
+        await redis.arun("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)))
 
     async def get(self, key: str) -> bytes | None:
-        return await self._run("get", None, lambda client: client.get(key))
+        return await redis.arun("get", None, lambda client: client.get(key))
 
     async def delete(self, key: str) -> None:
-        await self._run("delete", None, lambda client: client.delete(key))
+        await redis.arun("delete", None, lambda client: client.delete(key))
 
 
 _store: MemoryStore | RedisStore | None = None
@@ -121,7 +83,7 @@ _store: MemoryStore | RedisStore | None = None
 def store() -> MemoryStore | RedisStore:
     global _store
     if _store is None:
-        _store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+        _store = RedisStore() if redis.configured() else MemoryStore()
     return _store
 
 

@@ -38,6 +38,7 @@ from chat.providers import get_provider
 from chat.providers.base import Chunk, ProviderError, ProviderUnavailable, Usage, estimate_tokens
 from chat.registry import ModelInfo, find_model
 from chat.services import SendPlan, assistant_finish
+from core import metrics, quotas
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -46,7 +47,15 @@ WATCH_INTERVAL = 0.25  # how often a generation checks for cancel requests and l
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
 
+USER_CANCEL = "cancelled by the user"
+
 _running: dict[int, Generation] = {}
+
+
+def _finish_and_charge(*, user_id: int, **fields) -> None:
+    if assistant_finish(**fields):
+        usage = fields["usage"]
+        quotas.charge(user_id, usage.prompt_tokens + usage.completion_tokens)
 
 
 def conversation_group(conversation_id: int) -> str:
@@ -90,7 +99,7 @@ class Generation:
         if not self.subscribers:
             self._last_listener = time.monotonic()
 
-    def cancel(self, reason: str = "cancelled by the user") -> None:
+    def cancel(self, reason: str = USER_CANCEL) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
         if self._stream_task is not None and not self._stream_task.done():
@@ -209,8 +218,10 @@ class Generation:
         self.done.set()
 
     async def _store(self, content, status, usage, latency_ms, ttft_ms, error_text) -> None:
+        self._count(status, usage, latency_ms, ttft_ms)
         try:
-            await sync_to_async(assistant_finish)(
+            await sync_to_async(_finish_and_charge)(
+                user_id=self.plan.user_id,
                 message_id=self.message_id,
                 content=content,
                 status=status,
@@ -224,6 +235,19 @@ class Generation:
             # The database is unreachable: the reply stays `streaming` and the sweeper
             # marks it from the replay buffer later. The client still gets its events.
             logger.exception("could not store reply %s", self.message_id)
+
+    def _count(self, status: str, usage: Usage, latency_ms: int, ttft_ms: int | None) -> None:
+        model, tier = self.model_used, self.plan.tier
+        metrics.REPLIES.labels(model, status).inc()
+        metrics.TOKENS.labels(model, tier, "in").inc(usage.prompt_tokens)
+        metrics.TOKENS.labels(model, tier, "out").inc(usage.completion_tokens)
+        if ttft_ms is not None:
+            metrics.TTFT.labels(model).observe(ttft_ms / 1000)
+            generating = (latency_ms - ttft_ms) / 1000
+            if usage.completion_tokens > 1 and generating > 0:
+                metrics.TOKENS_PER_SECOND.labels(model).observe((usage.completion_tokens - 1) / generating)
+        if status == Message.Status.CANCELLED and self.cancel_reason == USER_CANCEL:
+            metrics.STREAM_CANCELS.inc()
 
     async def _consume(self, state: dict, started: float) -> None:
         async with contextlib.aclosing(self._chunks()) as chunks:
@@ -350,6 +374,8 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
         finally:
             generation.unsubscribe(queue)
 
+    if after_seq:
+        metrics.STREAM_RESUMES.inc()
     last = after_seq
     idle_since = time.monotonic()
     next_db_check = 0.0  # look at the stored reply at once, then at most once a second

@@ -1,10 +1,14 @@
-from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from django.conf import settings
+from django_ratelimit.core import is_ratelimited
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core import selectors, services
+from core import quotas, ratelimit, selectors, services
 from core.models import APIKey
+from core.net import client_ip, ip_key
 from core.openapi import error_responses
 from core.serializers import (
     APIKeyCreatedSerializer,
@@ -36,6 +40,56 @@ class MeView(APIView):
         return Response(MeSerializer(user).data)
 
 
+class QuotaView(APIView):
+    required_scopes = ()
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "Quota",
+                {
+                    "tier": serializers.CharField(),
+                    "requests": inline_serializer(
+                        "RequestQuota",
+                        {
+                            "limit": serializers.IntegerField(help_text="Requests per minute."),
+                            "remaining": serializers.IntegerField(),
+                            "reset": serializers.IntegerField(help_text="Seconds until the window moves on."),
+                        },
+                    ),
+                    "tokens": inline_serializer(
+                        "TokenQuota",
+                        {
+                            "limit": serializers.IntegerField(help_text="Tokens per day."),
+                            "used": serializers.IntegerField(),
+                            "remaining": serializers.IntegerField(),
+                            "reset": serializers.IntegerField(help_text="Seconds until the day ends."),
+                        },
+                    ),
+                },
+            ),
+            **error_responses(401),
+        },
+        description="Your remaining requests this minute and tokens today.",
+    )
+    def get(self, request):
+        caller = ratelimit.caller_for(request.user, request.auth, client_ip(request.META))
+        requests = ratelimit.hit(caller, increment=0)
+        tokens = quotas.usage(request.user)
+        return Response(
+            {
+                "tier": request.user.tier,
+                "requests": {"limit": requests.limit, "remaining": requests.remaining, "reset": requests.reset},
+                "tokens": {
+                    "limit": tokens.limit,
+                    "used": tokens.used,
+                    "remaining": tokens.remaining,
+                    "reset": tokens.reset,
+                },
+            }
+        )
+
+
 class KeyListCreateView(APIView):
     required_scopes = (APIKey.Scope.ADMIN,)
 
@@ -45,10 +99,12 @@ class KeyListCreateView(APIView):
 
     @extend_schema(
         request=APIKeyCreateSerializer,
-        responses={201: APIKeyCreatedSerializer, **error_responses(400, 401, 403)},
+        responses={201: APIKeyCreatedSerializer, **error_responses(400, 401, 403, 429)},
         description="Issue a key. The plaintext `key` is in this response only.",
     )
     def post(self, request):
+        if is_ratelimited(request._request, group="auth", key=ip_key, rate=settings.AUTH_RATE_LIMIT, increment=True):
+            raise Throttled(wait=1, detail="Too many keys created from this address; retry shortly.")
         serializer = APIKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         key, plaintext = services.api_key_issue(

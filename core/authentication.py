@@ -131,12 +131,22 @@ def request_key(request) -> str | None:
     return key_from_headers(lambda name: request.headers.get(name))
 
 
+_NOT_CHECKED = object()
+
+
+def request_key_auth(request, candidate: str):
+    """The key check's result, reusing the one the rate-limit middleware already made."""
+    django_request = getattr(request, "_request", request)
+    result = getattr(django_request, "api_key_auth", _NOT_CHECKED)
+    return authenticate_key(candidate) if result is _NOT_CHECKED else result
+
+
 class APIKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         candidate = request_key(request)
         if candidate is None:
             return None
-        result = authenticate_key(candidate)
+        result = request_key_auth(request, candidate)
         if result is None:
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
         return result

@@ -1,21 +1,45 @@
-"""The platform's own middleware.
+"""The platform's middleware, and async-native versions of Django's own.
 
-Each class works natively in both modes (sync under WSGI, async under ASGI):
-a sync-only middleware costs a thread hop per request under ASGI, which
-PERF-NOTES.md measured as one of the larger costs of Django on this machine.
+Every class here works natively in both modes (sync under WSGI, async under
+ASGI). Under ASGI a sync-only middleware costs a thread hop per request, which
+PERF-NOTES.md measured as one of the larger costs of Django on this machine; so
+Django's built-in middleware whose hooks do no I/O is run inline (``inline``),
+and the session middleware hops to a thread only when it must save.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import time
+from dataclasses import dataclass, field
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from csp.middleware import CSPMiddleware as _CSPMiddleware
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as _AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware as _MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware as _SessionMiddleware
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware as _XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware as _CommonMiddleware
+from django.middleware.csrf import CsrfViewMiddleware as _CsrfViewMiddleware
+from django.middleware.gzip import GZipMiddleware as _GZipMiddleware
+from django.middleware.security import SecurityMiddleware as _SecurityMiddleware
+from django_prometheus.middleware import PrometheusAfterMiddleware as _PrometheusAfterMiddleware
+from django_prometheus.middleware import PrometheusBeforeMiddleware as _PrometheusBeforeMiddleware
 
-from core.exceptions import database_error_as_api_exception, error_response, is_api_path
+from core import metrics, ratelimit
+from core.authentication import authenticate_key, request_key
+from core.exceptions import database_error_as_api_exception, error_body, error_response, is_api_path, json_response
+from core.net import client_ip
 
 logger = logging.getLogger("agentsflow.errors")
+access_logger = logging.getLogger("agentsflow.access")
+slow_query_logger = logging.getLogger("agentsflow.slow_query")
 
 
 class DualModeMiddleware:
@@ -51,6 +75,167 @@ class DualModeMiddleware:
         return self.after(request, response)
 
 
+def inline(middleware_class):
+    """A MiddlewareMixin class whose hooks do no I/O, run inline under ASGI
+    (Django would run each hook in a thread, in case it blocked)."""
+
+    class Inline(middleware_class):
+        def __init__(self, get_response) -> None:
+            super().__init__(get_response)
+            if self.async_mode and hasattr(self, "process_view"):
+                sync_process_view = self.process_view
+
+                async def process_view(*args):
+                    return sync_process_view(*args)
+
+                self.process_view = process_view
+
+        async def __acall__(self, request):
+            response = None
+            if hasattr(self, "process_request"):
+                response = self.process_request(request)
+            response = response or await self.get_response(request)
+            if hasattr(self, "process_response"):
+                response = self.process_response(request, response)
+            return response
+
+    Inline.__name__ = Inline.__qualname__ = middleware_class.__name__
+    Inline.__doc__ = f"Django's {middleware_class.__name__}, with its hooks run inline under ASGI."
+    return Inline
+
+
+SecurityMiddleware = inline(_SecurityMiddleware)
+CommonMiddleware = inline(_CommonMiddleware)
+CsrfViewMiddleware = inline(_CsrfViewMiddleware)
+AuthenticationMiddleware = inline(_AuthenticationMiddleware)
+MessageMiddleware = inline(_MessageMiddleware)
+XFrameOptionsMiddleware = inline(_XFrameOptionsMiddleware)
+CSPMiddleware = inline(_CSPMiddleware)
+PrometheusBeforeMiddleware = inline(_PrometheusBeforeMiddleware)
+PrometheusAfterMiddleware = inline(_PrometheusAfterMiddleware)
+
+
+class SessionMiddleware(_SessionMiddleware):
+    """Inline under ASGI, except the save of a modified session (I/O), which hops to a thread."""
+
+    async def __acall__(self, request):
+        self.process_request(request)
+        response = await self.get_response(request)
+        if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
+class GZipMiddleware(inline(_GZipMiddleware)):
+    """GZip for bodies of at least GZIP_MIN_BYTES, never for streams (SSE must flush each event)."""
+
+    def process_response(self, request, response):
+        if response.streaming or len(response.content) < settings.GZIP_MIN_BYTES:
+            return response
+        return super().process_response(request, response)
+
+
+class SecurityHeadersMiddleware(DualModeMiddleware):
+    """The headers Django does not set itself (CSP comes from django-csp)."""
+
+    def after(self, request, response):
+        response.headers.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        return response
+
+
+# --- Request timing, access log and database time -------------------------------------
+
+
+@dataclass
+class RequestStats:
+    path: str
+    queries: int = 0
+    db_seconds: float = 0.0
+    slow: list = field(default_factory=list)
+
+
+_current = contextvars.ContextVar[RequestStats | None]("agentsflow_request_stats", default=None)
+
+
+def _timed_execute(execute, sql, params, many, context):
+    """Installed on every database connection: counts each query against the current
+    request (the context variable follows the request into sync_to_async threads)
+    and logs the slow ones with their SQL, never their parameter values."""
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        elapsed = time.perf_counter() - started
+        stats = _current.get()
+        if stats is not None:
+            stats.queries += 1
+            stats.db_seconds += elapsed
+        if elapsed * 1000 >= settings.SLOW_QUERY_MS:
+            metrics.SLOW_QUERIES.inc()
+            slow_query_logger.warning(
+                "slow query",
+                extra={
+                    "duration_ms": round(elapsed * 1000, 1),
+                    "sql": sql[:4000],
+                    "params": "<redacted>" if params else None,
+                    "path": stats.path if stats else None,
+                },
+            )
+
+
+@receiver(connection_created)
+def _instrument_connection(sender, connection, **kwargs) -> None:
+    if _timed_execute not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_timed_execute)
+
+
+class RequestTimingMiddleware(DualModeMiddleware):
+    """Outermost: ``X-Process-Time``, one JSON access-log line and the latency
+    metrics for every request, including the ones answered by middleware
+    (413, 429)."""
+
+    def before(self, request):
+        request._timing = (time.perf_counter(), _current.set(RequestStats(path=request.path)))
+        return None
+
+    def after(self, request, response):
+        started, token = request._timing
+        stats = _current.get()
+        _current.reset(token)
+        elapsed = time.perf_counter() - started
+        response["X-Process-Time"] = f"{elapsed:.4f}"
+        metrics.REQUEST_LATENCY.labels(request.method, f"{response.status_code // 100}xx").observe(elapsed)
+        metrics.REQUEST_DB_TIME.observe(stats.db_seconds if stats else 0.0)
+        metrics.sample_process_memory()
+        if settings.ACCESS_LOG:
+            access_logger.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "db_ms": round(stats.db_seconds * 1000, 2) if stats else 0,
+                    "db_queries": stats.queries if stats else 0,
+                    "caller": _caller_label(request),
+                    "client_ip": client_ip(request.META),
+                },
+            )
+        return response
+
+
+def _caller_label(request) -> str | None:
+    auth = getattr(request, "api_key_auth", None)
+    if auth:
+        return f"key:{auth[1].prefix}"
+    user = getattr(request, "_cached_user", None)  # set only if something already loaded it
+    return f"user:{user.pk}" if user is not None and user.is_authenticated else None
+
+
+# --- Body size, timeouts, rate limits, errors -------------------------------------------
+
+
 class BodySizeLimitMiddleware(DualModeMiddleware):
     """Refuse a declared body over the limit with a JSON 413 before anything reads it.
 
@@ -73,6 +258,84 @@ class BodySizeLimitMiddleware(DualModeMiddleware):
                 f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}.",
             )
         return None
+
+
+class RequestTimeoutMiddleware(DualModeMiddleware):
+    """Under ASGI, a request that has not produced its response after
+    REQUEST_TIMEOUT_SECONDS is cancelled and answered 504 (a stream counts from its
+    first byte, which the model call itself bounds). Under WSGI a thread cannot be
+    interrupted; there the database statement timeout and the provider timeouts
+    bound the work instead."""
+
+    async def _acall(self, request):
+        try:
+            return await asyncio.wait_for(self.get_response(request), settings.REQUEST_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("request timed out after %ss: %s", settings.REQUEST_TIMEOUT_SECONDS, request.path)
+            return error_response(504, "timeout", "The request took too long and was cancelled.")
+
+
+def _rate_limited(request, decision: ratelimit.Decision) -> HttpResponse:
+    message = (
+        f"Rate limit of {decision.limit} requests per minute exceeded ({decision.tier} tier); "
+        f"retry in {decision.retry_after} s."
+    )
+    if request.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": "rate_limit_error", "param": None, "code": "rate_limited"}}
+        response = json_response(body, status=429)
+    else:
+        response = json_response(error_body(429, "rate_limited", message), status=429)
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
+class RateLimitMiddleware(DualModeMiddleware):
+    """Tiered limits on /api/ and /v1/ (core.ratelimit); RateLimit-* headers on every
+    API response, a JSON 429 with Retry-After over the limit.
+
+    It authenticates an API key itself (the lookup is cached) and leaves the
+    result on the request, where the views' authentication picks it up.
+    """
+
+    def __call__(self, request):
+        if not is_api_path(request.path):
+            return self.get_response(request)
+        if self.async_mode:
+            return self._acall(request)
+        user, key = self._identify(request)
+        decision = ratelimit.hit(ratelimit.caller_for(user, key, client_ip(request.META)))
+        return self._respond(request, decision, None if decision.allowed else _rate_limited(request, decision))
+
+    async def _acall(self, request):
+        candidate = request_key(request)
+        if candidate is not None:
+            request.api_key_auth = await sync_to_async(authenticate_key)(candidate)
+            user, key = request.api_key_auth or (None, None)
+        else:
+            user, key = await request.auser(), None
+        decision = await ratelimit.ahit(ratelimit.caller_for(user, key, client_ip(request.META)))
+        rejected = None if decision.allowed else _rate_limited(request, decision)
+        response = rejected or await self.get_response(request)
+        return self._headers(response, decision)
+
+    def _identify(self, request):
+        candidate = request_key(request)
+        if candidate is not None:
+            request.api_key_auth = authenticate_key(candidate)
+            return request.api_key_auth or (None, None)
+        return request.user, None
+
+    def _respond(self, request, decision, rejected):
+        response = rejected or self.get_response(request)
+        return self._headers(response, decision)
+
+    @staticmethod
+    def _headers(response, decision):
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(decision.tier).inc()
+        for name, value in decision.headers().items():
+            response.headers.setdefault(name, value)
+        return response
 
 
 class ApiExceptionMiddleware(DualModeMiddleware):

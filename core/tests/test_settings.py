@@ -107,8 +107,8 @@ def test_embedded_defaults_need_no_variables():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "django.db.backends.sqlite3",
-        "django.core.cache.backends.locmem.LocMemCache",
+        "django_prometheus.db.backends.sqlite3",
+        "django_prometheus.cache.backends.locmem.LocMemCache",
         "channels.layers.InMemoryChannelLayer",
         "True",
     ]

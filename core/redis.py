@@ -1,0 +1,96 @@
+"""Redis clients for code that talks to Redis directly (rate limits, replay buffers,
+quotas), with the same short timeouts as the cache and a circuit breaker.
+
+Sync code uses django-redis's pooled client; async code gets a redis.asyncio
+client per event loop (a client cannot cross loops), so the loop never blocks
+on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger("agentsflow.redis")
+
+BREAKER_SECONDS = 2.0  # after an error, skip Redis this long instead of timing out again
+
+
+class Breaker:
+    """Fail fast while Redis is known to be down, and log the outage once."""
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+        self.listeners: list = []
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    def trip(self, operation: str, exc: Exception) -> None:
+        if not self.open:
+            logger.warning("redis unavailable (%s): %s", operation, exc.__class__.__name__)
+        self.down_until = time.monotonic() + BREAKER_SECONDS
+        for listener in self.listeners:
+            listener(operation)
+
+    def reset(self) -> None:
+        self.down_until = 0.0
+
+
+breaker = Breaker()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def configured() -> bool:
+    return bool(settings.REDIS_URL)
+
+
+def sync_client():
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def async_client():
+    import redis.asyncio as aioredis
+
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = aioredis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            retry_on_timeout=False,
+        )
+        _async_clients[loop] = client
+    return client
+
+
+def run(operation: str, fallback: Any, call) -> Any:
+    """``call(client)`` on the sync client; ``fallback`` if Redis is down."""
+    if breaker.open:
+        return fallback
+    try:
+        return call(sync_client())
+    except Exception as exc:
+        breaker.trip(operation, exc)
+        return fallback
+
+
+async def arun(operation: str, fallback: Any, call) -> Any:
+    """``await call(client)`` on this loop's async client; ``fallback`` if Redis is down."""
+    if breaker.open:
+        return fallback
+    try:
+        return await call(async_client())
+    except Exception as exc:
+        breaker.trip(operation, exc)
+        return fallback
