@@ -276,7 +276,8 @@ TOKEN_QUOTAS = {
 }
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_FAIL_OPEN = True  # django-ratelimit (sign-in, key creation): Redis down must not lock people out
-AUTH_RATE_LIMIT = env_str("AUTH_RATE_LIMIT", "5/s")  # sign-in and key creation, per client IP (the guide's zone)
+# Sign-in and key creation, per client IP: the guide's 5 a second, and 30 a minute on top.
+AUTH_RATE_LIMITS = env_list("AUTH_RATE_LIMITS", ["5/s", "30/m"])
 # Proxies whose X-Forwarded-For is believed (CIDRs). Empty: REMOTE_ADDR is the client.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
 

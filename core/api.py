@@ -1,5 +1,3 @@
-from django.conf import settings
-from django_ratelimit.core import is_ratelimited
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import Throttled
@@ -8,7 +6,7 @@ from rest_framework.views import APIView
 
 from core import quotas, ratelimit, selectors, services
 from core.models import APIKey
-from core.net import client_ip, ip_key
+from core.net import client_ip
 from core.openapi import error_responses
 from core.serializers import (
     APIKeyCreatedSerializer,
@@ -17,6 +15,7 @@ from core.serializers import (
     MeSerializer,
     MeUpdateSerializer,
 )
+from core.views import auth_zone_exceeded
 
 
 class MeView(APIView):
@@ -103,7 +102,7 @@ class KeyListCreateView(APIView):
         description="Issue a key. The plaintext `key` is in this response only.",
     )
     def post(self, request):
-        if is_ratelimited(request._request, group="auth", key=ip_key, rate=settings.AUTH_RATE_LIMIT, increment=True):
+        if auth_zone_exceeded(request._request, "key-creation"):
             raise Throttled(wait=1, detail="Too many keys created from this address; retry shortly.")
         serializer = APIKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

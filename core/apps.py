@@ -6,7 +6,7 @@ class CoreConfig(AppConfig):
     verbose_name = "Accounts and access"
 
     def ready(self) -> None:
-        from core import checks, metrics, openapi, signals  # noqa: F401
+        from core import checks, metrics, middleware, openapi, signals  # noqa: F401  (middleware: DB timing hook)
 
         checks.install()
         metrics.install_listeners()

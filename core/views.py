@@ -1,18 +1,27 @@
 from django.conf import settings
 from django.contrib.auth import views as auth_views
-from django_ratelimit.decorators import ratelimit
+from django_ratelimit.core import is_ratelimited
 
 from core.net import ip_key
 
 
-@ratelimit(key=ip_key, rate=settings.AUTH_RATE_LIMIT, method="POST", block=False, group="auth")
+def auth_zone_exceeded(request, scope: str) -> bool:
+    """The guide's auth zone (django-ratelimit): every rate in AUTH_RATE_LIMITS, per client IP.
+
+    Each call counts once against each rate, so a refused attempt still counts.
+    """
+    exceeded = False
+    for rate in settings.AUTH_RATE_LIMITS:
+        exceeded |= is_ratelimited(request, group=f"{scope}:{rate}", key=ip_key, rate=rate, increment=True)
+    return exceeded
+
+
 def login(request, *args, **kwargs):
-    """Django's sign-in, behind the guide's auth zone: too many attempts from one
-    address get the form back with a 429 instead of a password check."""
-    if getattr(request, "limited", False):
+    """Django's sign-in behind the auth zone: too many attempts from one address get
+    the form back with a 429 instead of a password check."""
+    if request.method == "POST" and auth_zone_exceeded(request, "sign-in"):
         response = auth_views.LoginView.as_view(extra_context={"throttled": True})(request, *args, **kwargs)
-        if hasattr(response, "render"):
-            response.render()
+        response.render()
         response.status_code = 429
         response["Retry-After"] = "1"
         return response
