@@ -17,6 +17,7 @@ gets the default reply.
 ``tps-N``              send N tokens a second (instead of ``--tokens-per-second``)
 ``ttft-MS``            wait MS ms between the headers and the first token
 ``no-usage``           leave out the usage chunk even when it is asked for
+``ignore-stream``      answer with one JSON body even when asked to stream
 ``fail-before``        answer 503 (an OpenAI error body) every time
 ``fail-first-N``       answer 503 to the first N attempts of the same request, then
                        succeed; attempts are keyed by the ``X-Fake-Key`` header, or
@@ -31,8 +32,9 @@ gets the default reply.
 
 ``GET /_stats`` reports what the server saw, so tests can prove, for example,
 that a cancelled request was closed upstream: ``connections`` (TCP connections
-accepted), ``requests`` (chat completion requests) and ``by_model`` (the same per
-model id), ``open_streams`` (chat completion requests being answered now),
+that carried chat completion requests), ``requests`` (chat completion requests)
+and ``by_model`` (the same per model id), ``unauthorized`` (refused for a missing
+or wrong key), ``open_streams`` (chat completion requests being answered now),
 ``completed`` (answered to the end) and ``disconnects`` (the client hung up before
 the answer was complete). Read it before and after, and compare.
 
@@ -88,6 +90,7 @@ class Behaviour:
     tokens_per_second: float | None = None
     ttft_ms: int | None = None
     usage: bool = True
+    ignore_stream: bool = False
     fail_before: bool = False
     fail_first: int = 0
     status: int = 503
@@ -120,6 +123,8 @@ def parse_behaviour(model: str) -> Behaviour:
                 behaviour.ttft_ms = number
             case "no-usage", None:
                 behaviour.usage = False
+            case "ignore-stream", None:
+                behaviour.ignore_stream = True
             case "fail-before", None:
                 behaviour.fail_before = True
             case "fail-first", int():
@@ -157,6 +162,7 @@ class Stats:
     connections: int = 0
     requests: int = 0
     by_model: Counter[str] = field(default_factory=Counter)
+    unauthorized: int = 0
     open_streams: int = 0
     completed: int = 0
     disconnects: int = 0
@@ -166,6 +172,7 @@ class Stats:
             "connections": self.connections,
             "requests": self.requests,
             "by_model": dict(self.by_model),
+            "unauthorized": self.unauthorized,
             "open_streams": self.open_streams,
             "completed": self.completed,
             "disconnects": self.disconnects,
@@ -192,6 +199,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self._hangup: asyncio.Future[bytes] | None = None
+        self.carried_chat = False
 
     async def read_request(self) -> Request | None:
         """The next request, or None when the client closed the connection between requests."""
@@ -289,7 +297,6 @@ class FakeUpstream:
         await server.wait_closed()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.stats.connections += 1
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
@@ -321,6 +328,7 @@ class FakeUpstream:
             await connection.json(404, body, keep_alive=keep_alive)
             return keep_alive
         if self.options.api_key and request.headers.get("authorization") != f"Bearer {self.options.api_key}":
+            self.stats.unauthorized += 1
             body = _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             await connection.json(401, body, keep_alive=keep_alive)
             return keep_alive
@@ -335,6 +343,7 @@ class FakeUpstream:
 
     def _models(self) -> dict[str, Any]:
         ids = ["default", "echo", "fail-before", "fail-first-2", "fail-mid", "garbage", "hang", "bad-request"]
+        ids += ["slow-first-byte-2000", "echo+no-usage", "echo+ignore-stream", "tps-20"]
         return {
             "object": "list",
             "data": [{"id": ident, "object": "model", "created": 0, "owned_by": "fake-upstream"} for ident in ids],
@@ -353,6 +362,9 @@ class FakeUpstream:
             return keep_alive
         self.stats.requests += 1
         self.stats.by_model[model] += 1
+        if not connection.carried_chat:
+            connection.carried_chat = True
+            self.stats.connections += 1
         behaviour = parse_behaviour(model)
         if behaviour.bad_request:
             message = "Invalid value for 'messages': the fake upstream was asked to refuse this request."
@@ -377,7 +389,7 @@ class FakeUpstream:
                 "total_tokens": 0,
             }
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            if payload.get("stream"):
+            if payload.get("stream") and not behaviour.ignore_stream:
                 wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
                 await self._stream(connection, model, words, finish, usage if wants_usage else None, behaviour)
             else:
