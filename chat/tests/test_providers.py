@@ -8,6 +8,7 @@ and after, since one server serves the whole module.
 from __future__ import annotations
 
 import asyncio
+import runpy
 import socket
 import time
 import uuid
@@ -16,8 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
 
 from bench.fake_upstream import parse_behaviour, run_fake_upstream, split_words, upstream_stats
+from chat.providers import get_provider
 from chat.providers.base import (
     ChatMessage,
     Chunk,
@@ -29,6 +34,7 @@ from chat.providers.base import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from chat.providers.local import LocalProvider
 from chat.providers.openai import OpenAIProvider, close_http_client, http_client
 
 
@@ -342,3 +348,134 @@ def test_fake_upstream_runs_as_a_separate_process_and_checks_the_key():
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert allowed.status_code == 200
+
+
+# --- configuration -----------------------------------------------------------------------
+
+PROVIDER_VARIABLES = [
+    "LOCAL_MODEL_PATH",
+    "LOCAL_MODEL_THREADS",
+    "LOCAL_MODEL_CONCURRENCY",
+    "LOCAL_MODEL_QUEUE",
+    "LOCAL_MODEL_CONTEXT",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "EXTRA_PROVIDERS",
+    "PROVIDER_CONNECT_TIMEOUT",
+    "PROVIDER_READ_TIMEOUT",
+    "PROVIDER_RETRIES",
+]
+
+
+def providers_from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, dict[str, Any]]:
+    """MODEL_PROVIDERS as the settings module computes it from ``env`` (run afresh, Django's copy untouched)."""
+    for name in PROVIDER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(settings.BASE_DIR / "agentsflow" / "settings.py"))["MODEL_PROVIDERS"]
+
+
+def test_by_default_there_are_the_bundled_model_and_openai(monkeypatch):
+    providers = providers_from_env(monkeypatch)
+
+    assert providers == {
+        "local": {"kind": "local", "model_path": "", "threads": 2, "concurrency": 1, "queue": 8, "context": 2048},
+        "openai": {
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "api_key": "",
+            "connect_timeout": 5.0,
+            "read_timeout": 60.0,
+            "retries": 2,
+        },
+    }
+
+
+def test_extra_providers_are_openai_compatible_servers_named_by_their_variables(monkeypatch):
+    providers = providers_from_env(
+        monkeypatch,
+        EXTRA_PROVIDERS="mistral, Ollama",
+        MISTRAL_BASE_URL="https://api.mistral.ai/v1/",
+        MISTRAL_API_KEY="mk-1",
+        OLLAMA_BASE_URL="http://127.0.0.1:11434/v1",
+        PROVIDER_READ_TIMEOUT="30",
+        PROVIDER_RETRIES="0",
+    )
+
+    assert set(providers) == {"local", "openai", "mistral", "ollama"}
+    assert providers["mistral"] == {
+        "kind": "openai",
+        "base_url": "https://api.mistral.ai/v1",
+        "api_key": "mk-1",
+        "connect_timeout": 5.0,
+        "read_timeout": 30.0,
+        "retries": 0,
+    }
+    assert providers["ollama"]["base_url"] == "http://127.0.0.1:11434/v1"
+    assert providers["ollama"]["api_key"] == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EXTRA_PROVIDERS": "mistral"}, "MISTRAL_BASE_URL must be an http"),
+        ({"EXTRA_PROVIDERS": "local", "LOCAL_BASE_URL": "http://x/v1"}, "'local' is already a provider"),
+        ({"EXTRA_PROVIDERS": "lm-studio"}, "must be letters, digits and _"),
+        ({"OPENAI_BASE_URL": "api.openai.com/v1"}, "OPENAI_BASE_URL must be an http"),
+        ({"LOCAL_MODEL_PATH": "/nowhere/model.gguf"}, "LOCAL_MODEL_PATH must name a GGUF file"),
+        ({"LOCAL_MODEL_CONCURRENCY": "0"}, "LOCAL_MODEL_CONCURRENCY must be >= 1"),
+    ],
+)
+def test_a_bad_provider_setting_stops_start_up_naming_the_variable(monkeypatch, env, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        providers_from_env(monkeypatch, **env)
+
+
+def test_get_provider_builds_each_configured_provider_once():
+    configured = {
+        "local": {"kind": "local", "model_path": "", "threads": 1, "concurrency": 2, "queue": 3, "context": 1024},
+        "openai": {
+            "kind": "openai",
+            "base_url": "https://api.openai.com/v1",
+            "api_key": "sk-x",
+            "connect_timeout": 5.0,
+            "read_timeout": 60.0,
+            "retries": 2,
+        },
+    }
+    with override_settings(MODEL_PROVIDERS=configured):
+        local, remote = get_provider("local"), get_provider("openai")
+
+        assert isinstance(local, LocalProvider)
+        assert (local.name, local.concurrency, local.queue_size) == ("local", 2, 3)
+        assert isinstance(remote, OpenAIProvider)
+        assert (remote.name, remote.base_url, remote.retries) == ("openai", "https://api.openai.com/v1", 2)
+        assert get_provider("local") is local
+        assert get_provider("openai") is remote
+
+
+def test_an_unknown_provider_is_unavailable_and_names_the_configured_ones():
+    configured = {"zeta": {"kind": "local"}, "alpha": {"kind": "local"}}
+    with override_settings(MODEL_PROVIDERS=configured), pytest.raises(ProviderUnavailable) as caught:
+        get_provider("nope")
+
+    assert str(caught.value) == "no model provider is called 'nope' (configured: alpha, zeta)"
+    assert caught.value.status == 503
+
+
+async def test_a_provider_from_settings_streams(upstream):
+    configured = {
+        "fake": {
+            "kind": "openai",
+            "base_url": upstream,
+            "api_key": "",
+            "connect_timeout": 1.0,
+            "read_timeout": 2.0,
+            "retries": 0,
+        }
+    }
+    with override_settings(MODEL_PROVIDERS=configured):
+        chunks = await collect(get_provider("fake").stream(make_request("echo", "via settings")))
+
+    assert "".join(chunk.delta for chunk in chunks) == "via settings"
