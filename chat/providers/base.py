@@ -9,7 +9,7 @@ generation promptly (within a second) and release what it holds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -58,7 +58,7 @@ class ProviderError(Exception):
     code = "provider_error"
 
 
-class ProviderUnavailable(ProviderError):
+class ProviderUnavailable(ProviderError):  # noqa: N818 (the contract's names)
     """The provider could not be reached or refused before sending anything.
 
     Only this error, raised before the first chunk, makes the platform try a
@@ -69,12 +69,12 @@ class ProviderUnavailable(ProviderError):
     code = "provider_unavailable"
 
 
-class ProviderTimeout(ProviderError):
+class ProviderTimeout(ProviderError):  # noqa: N818 (the contract's names)
     status = 504
     code = "provider_timeout"
 
 
-class ProviderFailed(ProviderError):
+class ProviderFailed(ProviderError):  # noqa: N818 (the contract's names)
     """The provider answered with an error, or broke off in the middle of a stream."""
 
     status = 502
@@ -96,3 +96,12 @@ class Provider(Protocol):
 def estimate_tokens(text: str) -> int:
     """A conservative estimate (about four characters a token) for providers without a tokenizer."""
     return max(1, (len(text) + 3) // 4) if text else 0
+
+
+# Chat framing (role markers, separators) costs a few tokens per message on every model.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_prompt_tokens(messages: Iterable[ChatMessage]) -> int:
+    """Estimate of a prompt's tokens: each message's text plus its chat framing."""
+    return sum(estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS for message in messages)

@@ -1,0 +1,1 @@
+"""Load benchmarks and the test doubles they share with the test suite."""

@@ -1,0 +1,293 @@
+"""Any OpenAI-compatible chat server: OpenAI, Mistral, Ollama, vLLM, llama.cpp server, LM Studio.
+
+Streams ``POST {base_url}/chat/completions`` as server-sent events over one
+pooled ``httpx.AsyncClient`` per event loop. Failures before the first byte of
+the answer (refused or reset connections, 429 and 5xx answers) are retried with
+a short backoff and end as ``ProviderUnavailable``; once the answer has begun
+nothing is retried, so a user never sees text twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+import orjson
+
+from chat.providers.base import (
+    Chunk,
+    CompletionRequest,
+    FinishReason,
+    ProviderFailed,
+    ProviderTimeout,
+    ProviderUnavailable,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+
+# Worth another try: the upstream is overloaded or restarting, and said so before answering.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ERROR_BODY_BYTES = 16 * 1024
+# Every stream in flight holds a connection: the pool must not be what limits concurrency.
+POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
+
+
+def http_client() -> httpx.AsyncClient:
+    """The pooled client of the running event loop, created on first use.
+
+    Connections belong to the loop that opened them, so each loop has its own
+    client: one per process under the ASGI server, one per test loop in tests.
+    """
+    loop = asyncio.get_running_loop()
+    with _clients_lock:
+        client = _clients.get(loop)
+        if client is None or client.is_closed:
+            # A client holds its loop alive through its connections; forget those of closed loops.
+            for stale in [other for other in _clients if other.is_closed()]:
+                del _clients[stale]
+            client = _clients[loop] = httpx.AsyncClient(limits=POOL_LIMITS, follow_redirects=False)
+    return client
+
+
+async def close_http_client() -> None:
+    """Close the running loop's client and its connections (at shutdown, or when a test's loop ends)."""
+    with _clients_lock:
+        client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def backoff_delay(retry: int) -> float:
+    """Seconds to wait before retry number ``retry`` (0-based): 0.1, 0.3, 0.9, … at most 2."""
+    return min(0.1 * 3**retry, 2.0)
+
+
+class OpenAIProvider:
+    """A chat server that speaks OpenAI's ``/chat/completions`` with streaming."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str = "",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self._url = f"{self.base_url}/chat/completions"
+        self._headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        # The read timeout bounds each wait for bytes: the time to first token, and every gap after it.
+        self._timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+        )
+
+    def __repr__(self) -> str:
+        return f"<OpenAIProvider {self.name} {self.base_url}>"
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        """Yield the answer's deltas, then one chunk with the finish reason and usage.
+
+        Raises ProviderUnavailable (unreachable, or 429/5xx after the retries),
+        ProviderTimeout (no byte within the read timeout) or ProviderFailed (any
+        other error answer, or a stream that breaks off). Closing the iterator
+        closes the HTTP response at once, so the upstream sees the disconnect.
+        """
+        response = await self._open(request)
+        try:
+            # Some servers ignore ``stream: true`` and answer in one piece.
+            whole = response.headers.get("content-type", "").startswith("application/json")
+            reader = self._read_whole if whole else self._read_events
+            async with aclosing(reader(response, request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            await response.aclose()
+
+    def _payload(self, request: CompletionRequest) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": message.role, "content": message.content} for message in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        return payload
+
+    async def _open(self, request: CompletionRequest) -> httpx.Response:
+        """Send the request, retrying failures before the first byte; return a 200 response, body unread."""
+        client = http_client()
+        body = orjson.dumps(self._payload(request))
+        retry = 0
+        while True:
+            outgoing = client.build_request(
+                "POST", self._url, content=body, headers=self._headers, timeout=self._timeout
+            )
+            try:
+                response = await client.send(outgoing, stream=True)
+            except httpx.ReadTimeout as exc:
+                # The upstream took the request and is still working on it: asking again would only add load.
+                raise ProviderTimeout(f"{self.name}: no answer within {self._timeout.read} s") from exc
+            except httpx.TransportError as exc:
+                failure: ProviderUnavailable | ProviderFailed = ProviderUnavailable(
+                    f"{self.name}: cannot reach {self.base_url}: {_describe(exc)}"
+                )
+                failure.__cause__ = exc
+            else:
+                if response.status_code == 200:
+                    return response
+                failure = await self._error_answer(response)
+                if isinstance(failure, ProviderFailed):
+                    raise failure
+            if retry >= self.retries:
+                raise failure
+            await asyncio.sleep(backoff_delay(retry))
+            retry += 1
+
+    async def _error_answer(self, response: httpx.Response) -> ProviderUnavailable | ProviderFailed:
+        """The error an upstream's non-200 answer stands for, with the upstream's own message."""
+        raw = b""
+        try:
+            async for piece in response.aiter_bytes():
+                raw += piece
+                if len(raw) >= MAX_ERROR_BODY_BYTES:
+                    break
+        except httpx.HTTPError:
+            pass  # the status alone says enough
+        finally:
+            await response.aclose()
+        message = f"{self.name}: upstream answered {response.status_code}: {_error_message(raw, response)}"
+        if response.status_code in RETRY_STATUSES:
+            return ProviderUnavailable(message)
+        return ProviderFailed(message)
+
+    async def _read_events(self, response: httpx.Response, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        parts: list[str] = []
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        done = False
+        try:
+            async with aclosing(_sse_data(response)) as events:
+                async for data in events:
+                    if done:
+                        continue  # read to the end of the body, so the connection goes back to the pool
+                    if data == "[DONE]":
+                        done = True
+                        continue
+                    event = orjson.loads(data)
+                    if event.get("error"):
+                        raise ProviderFailed(f"{self.name}: upstream error mid-stream: {_message_of(event)}")
+                    content, event_finish = _first_choice(event)
+                    finish = event_finish or finish
+                    usage = _usage(event.get("usage")) or usage
+                    if content:
+                        parts.append(content)
+                        yield Chunk(delta=content)
+        except httpx.ReadTimeout as exc:
+            raise ProviderTimeout(f"{self.name}: the stream stalled for {self._timeout.read} s") from exc
+        except httpx.TransportError as exc:
+            raise ProviderFailed(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            raise ProviderFailed(f"{self.name}: unreadable stream event: {exc}") from exc
+        if finish is None and not done:
+            raise ProviderFailed(f"{self.name}: the stream ended before the answer was complete")
+        yield Chunk(finish_reason=finish or "stop", usage=usage or _estimated_usage(request, parts))
+
+    async def _read_whole(self, response: httpx.Response, request: CompletionRequest) -> AsyncIterator[Chunk]:
+        try:
+            body = orjson.loads(await response.aread())
+            choice = body["choices"][0]
+            content = (choice.get("message") or {}).get("content") or ""
+            finish = _finish_reason(choice.get("finish_reason") or "stop")
+        except httpx.ReadTimeout as exc:
+            raise ProviderTimeout(f"{self.name}: the answer stalled for {self._timeout.read} s") from exc
+        except httpx.TransportError as exc:
+            raise ProviderFailed(f"{self.name}: the answer broke off: {_describe(exc)}") from exc
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise ProviderFailed(f"{self.name}: unreadable answer: {exc}") from exc
+        if content:
+            yield Chunk(delta=content)
+        yield Chunk(finish_reason=finish, usage=_usage(body.get("usage")) or _estimated_usage(request, [content]))
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The data of each server-sent event; other fields and comments carry nothing we use."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(" ") else value)
+    if lines:
+        yield "\n".join(lines)
+
+
+def _first_choice(event: dict[str, Any]) -> tuple[str, FinishReason | None]:
+    """The content delta and finish reason of choice 0 in a stream event (we never ask for more choices)."""
+    for choice in event.get("choices") or ():
+        if choice.get("index", 0) == 0:
+            raw_finish = choice.get("finish_reason")
+            return (choice.get("delta") or {}).get("content") or "", _finish_reason(raw_finish) if raw_finish else None
+    return "", None
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Usage(prompt_tokens=int(raw["prompt_tokens"]), completion_tokens=int(raw["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _estimated_usage(request: CompletionRequest, parts: list[str]) -> Usage:
+    return Usage(estimate_prompt_tokens(request.messages), estimate_tokens("".join(parts)))
+
+
+def _finish_reason(raw: str) -> FinishReason:
+    # Others ("content_filter", "tool_calls") still end a complete answer.
+    return "length" if raw == "length" else "stop"
+
+
+def _error_message(raw: bytes, response: httpx.Response) -> str:
+    try:
+        message = _message_of(orjson.loads(raw))
+    except ValueError:
+        message = raw.decode("utf-8", "replace").strip()
+    return message[:500] or response.reason_phrase
+
+
+def _message_of(body: Any) -> str:
+    """The message in an error body: OpenAI's ``{"error": {"message"}}``, or the plainer shapes others use."""
+    if not isinstance(body, dict):
+        return str(body)
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or error)
+    return str(error)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return str(exc) or type(exc).__name__
