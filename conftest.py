@@ -44,6 +44,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_redis)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_other_threads_connections(django_db_setup, django_db_blocker):
+    """Async views run their queries in executor threads, whose pooled connections
+    outlive the test; end them before pytest-django drops the test database."""
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     """Never assume a cache is cold or warm: every test starts with both tiers empty."""

@@ -241,7 +241,8 @@ def _prepare_regenerate(caller: Caller, message_id: int) -> SendPlan:
 
 @api_view(methods=("POST",), scopes=CHAT_SCOPES)
 async def message_regenerate(request: HttpRequest, caller: Caller, message_id: int) -> HttpResponse:
-    payload = json_body(request) if request.body else {}
+    # The body is optional: {"stream": true} (or the Accept header) asks for events.
+    payload = json_body(request) if request.content_type == "application/json" and request.body else {}
     stream = wants_stream(request, payload)
     plan = await sync_to_async(_prepare_regenerate)(caller, message_id)
     generation = streaming.start(plan)

@@ -58,7 +58,7 @@ class ProviderError(Exception):
     code = "provider_error"
 
 
-class ProviderUnavailable(ProviderError):  # noqa: N818 (the contract's names)
+class ProviderUnavailable(ProviderError):
     """The provider could not be reached or refused before sending anything.
 
     Only this error, raised before the first chunk, makes the platform try a
@@ -69,12 +69,12 @@ class ProviderUnavailable(ProviderError):  # noqa: N818 (the contract's names)
     code = "provider_unavailable"
 
 
-class ProviderTimeout(ProviderError):  # noqa: N818 (the contract's names)
+class ProviderTimeout(ProviderError):
     status = 504
     code = "provider_timeout"
 
 
-class ProviderFailed(ProviderError):  # noqa: N818 (the contract's names)
+class ProviderFailed(ProviderError):
     """The provider answered with an error, or broke off in the middle of a stream."""
 
     status = 502
