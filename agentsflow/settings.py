@@ -319,6 +319,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_PAGINATION_CLASS": None,
+    "URL_FORMAT_OVERRIDE": None,  # ?format= belongs to the views (exports), not to content negotiation
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AgentsFlowAI API",

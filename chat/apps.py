@@ -14,6 +14,6 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from chat import registry  # noqa: F401  (connects cache invalidation)
+        from chat import registry, signals  # noqa: F401  (connect cache invalidation)
 
         post_migrate.connect(_seed_models, sender=self)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404
 
 from chat.models import Conversation, Message
+from core.cache import two_tier
 
 CONVERSATION_LIST_FIELDS = ("id", "title", "model_name", "created_at", "updated_at")
 
@@ -14,6 +16,26 @@ def conversation_list(*, user) -> QuerySet[Conversation]:
     """The guide's query: a user's conversations, newest updated first
     (served by idx_conversations_user_updated)."""
     return Conversation.objects.filter(user=user).only(*CONVERSATION_LIST_FIELDS).order_by("-updated_at", "-id")
+
+
+RECENT_CACHE_FAMILY = "conversations"
+RECENT_CACHE_TTL = 300  # the guide's five minutes; any change drops it sooner
+
+
+def recent_conversations_page(*, user, compute) -> dict:
+    """The first page of a user's conversation list (the guide's
+    get_user_conversations), from the two-tier cache."""
+    return two_tier.get_or_compute(RECENT_CACHE_FAMILY, str(user.pk), compute, ttl=RECENT_CACHE_TTL)
+
+
+def recent_conversations_changed(user_id: int) -> None:
+    """Drop the cached first page now and again after commit (see core.signals)."""
+
+    def drop() -> None:
+        two_tier.delete(RECENT_CACHE_FAMILY, str(user_id))
+
+    drop()
+    transaction.on_commit(drop)
 
 
 def conversation_get(*, user, conversation_id: int) -> Conversation:

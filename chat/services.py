@@ -19,6 +19,7 @@ from rest_framework.exceptions import ValidationError
 from chat.models import Conversation, IdempotencyRecord, Message
 from chat.providers.base import ChatMessage, CompletionRequest, Usage
 from chat.registry import ModelInfo
+from chat.selectors import recent_conversations_changed
 
 HISTORY_LIMIT = 200  # messages read back for context; the token budget usually binds first
 TITLE_LENGTH = 60
@@ -181,6 +182,7 @@ def message_send_prepare(
         api_key_id=api_key_id,
     )
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    recent_conversations_changed(user.pk)
     if idempotency is not None:
         IdempotencyRecord.objects.create(
             user=user,
@@ -275,6 +277,7 @@ def message_regenerate_prepare(
         api_key_id=api_key_id,
     )
     Conversation.objects.filter(pk=reply.conversation_id).update(updated_at=timezone.now())
+    recent_conversations_changed(user.pk)
     return SendPlan(
         conversation_id=reply.conversation_id,
         user_message_id=reply.reply_to_id,
