@@ -143,3 +143,63 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
         process.wait()
+
+
+@dataclass
+class Platform:
+    """A database prepared for a server process: migrated, with a user and a key."""
+
+    env: dict[str, str]
+    key: str
+    email: str
+    password: str
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 120) -> str:
+    full_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "agentsflow.settings"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def fresh_database_env(name: str, tmp_dir: Path) -> dict[str, str]:
+    """Environment for a database of its own: a new PostgreSQL database next to
+    DATABASE_URL's when it is set, else a SQLite file in ``tmp_dir``."""
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        return {"SQLITE_PATH": str(tmp_dir / f"{name}.sqlite3")}
+    import psycopg
+
+    from agentsflow.env import database_from_url
+
+    settings = database_from_url(database_url)
+    admin = dict(
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"] or None,
+        password=settings["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+    database = f"{settings['NAME']}_{name}"
+    with psycopg.connect(**admin) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    return {"DATABASE_URL": database_url.rsplit("/", 1)[0] + "/" + database}
+
+
+def prepare_platform(env: dict[str, str], *, scopes: str = "chat,conversations:read,analytics:read,admin") -> Platform:
+    """Migrate the database ``env`` names and create a user with a key."""
+    email, password = "live@example.com", "live-password-123"
+    manage("migrate", "--no-input", env=env)
+    manage("createuser", email, "--password", password, env=env)
+    key = manage("issuekey", email, "--scopes", scopes, env=env).strip()
+    return Platform(env=env, key=key, email=email, password=password)

@@ -40,7 +40,7 @@ class MemoryStore:
         expires, items = self._lists.get(key, (0.0, []))
         return items[start:] if expires > time.monotonic() else []
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, attempts: int = 1) -> None:
         self._sweep()
         self._values[key] = (time.monotonic() + ttl, value)
 
@@ -67,8 +67,8 @@ class RedisStore:
     async def lrange(self, key: str, start: int) -> list[bytes]:
         return await redis.arun("replay read", [], lambda client: client.lrange(key, start, -1))
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await redis.arun("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)))
+    async def set(self, key: str, value: bytes, ttl: float, *, attempts: int = 1) -> None:
+        await redis.arun("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)), attempts=attempts)
 
     async def get(self, key: str) -> bytes | None:
         return await redis.arun("get", None, lambda client: client.get(key))
@@ -101,7 +101,7 @@ async def replay_read(message_id: int, after_seq: int) -> list[dict]:
 
 
 async def request_cancel(message_id: int) -> None:
-    await store().set(f"af:cancel:{message_id}", b"1", ttl=300)
+    await store().set(f"af:cancel:{message_id}", b"1", ttl=300, attempts=3)
 
 
 async def cancel_requested(message_id: int) -> bool:

@@ -85,12 +85,18 @@ def run(operation: str, fallback: Any, call) -> Any:
         return fallback
 
 
-async def arun(operation: str, fallback: Any, call) -> Any:
-    """``await call(client)`` on this loop's async client; ``fallback`` if Redis is down."""
-    if breaker.open:
+async def arun(operation: str, fallback: Any, call, *, attempts: int = 1) -> Any:
+    """``await call(client)`` on this loop's async client; ``fallback`` if Redis is down.
+
+    ``attempts`` > 1 is for the few writes that must not be lost to one slow
+    moment (a cancel request): they try again, and ignore an open breaker.
+    """
+    if breaker.open and attempts == 1:
         return fallback
-    try:
-        return await call(async_client())
-    except Exception as exc:
-        breaker.trip(operation, exc)
-        return fallback
+    for attempt in range(attempts):
+        try:
+            return await call(async_client())
+        except Exception as exc:
+            if attempt == attempts - 1:
+                breaker.trip(operation, exc)
+    return fallback

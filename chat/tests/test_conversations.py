@@ -99,7 +99,9 @@ def test_create_rename_delete(api, user):
     created = api.post("/api/conversations", {"title": "  Plans  ", "model": "smollm2"}, format="json")
     assert created.status_code == 201 and created.json()["title"] == "Plans"
     conversation_id = created.json()["id"]
-    assert api.patch(f"/api/conversations/{conversation_id}", {"title": "Later"}, format="json").json()["title"] == "Later"
+    assert (
+        api.patch(f"/api/conversations/{conversation_id}", {"title": "Later"}, format="json").json()["title"] == "Later"
+    )
     assert api.get(f"/api/conversations/{conversation_id}").json()["title"] == "Later"
     assert api.delete(f"/api/conversations/{conversation_id}").status_code == 204
     assert api.get(f"/api/conversations/{conversation_id}").status_code == 404
