@@ -49,7 +49,7 @@ def _close_other_threads_connections(django_db_setup, django_db_blocker):
     """Async views run their queries in executor threads, whose pooled connections
     outlive the test; end them before pytest-django drops the test database."""
     yield
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not connection.settings_dict["NAME"].startswith("test_"):
         return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
