@@ -376,6 +376,8 @@ LOGGING = {
     "loggers": {
         "django.request": {"level": "ERROR"},  # the access log already records 4xx
         "django.server": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},  # one line per upstream request otherwise
+        "httpcore": {"level": "WARNING"},
     },
 }
 

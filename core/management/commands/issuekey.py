@@ -15,8 +15,14 @@ class Command(BaseCommand):
             default="chat,conversations:read",
             help=f"Comma-separated, from: {', '.join(APIKey.Scope.values)}.",
         )
+        parser.add_argument(
+            "--rate-limit",
+            type=int,
+            default=None,
+            help="Requests per minute for this key, instead of the owner's tier limit (e.g. for load tests).",
+        )
 
-    def handle(self, *args, email, name, scopes, **options):
+    def handle(self, *args, email, name, scopes, rate_limit, **options):
         user = User.objects.filter(email=email.strip().lower()).first()
         if user is None:
             raise CommandError(f"No user with email {email!r}.")
@@ -24,6 +30,11 @@ class Command(BaseCommand):
         unknown = sorted(set(wanted) - set(APIKey.Scope.values))
         if unknown:
             raise CommandError(f"Unknown scopes: {', '.join(unknown)}.")
+        if rate_limit is not None and rate_limit < 1:
+            raise CommandError("--rate-limit must be at least 1.")
         key, plaintext = api_key_issue(user=user, name=name, scopes=wanted)
+        if rate_limit is not None:
+            key.rate_limit_per_minute = rate_limit
+            key.save(update_fields=["rate_limit_per_minute"])
         self.stdout.write(plaintext)
         self.stderr.write(f"Issued {key.prefix}… for {user.email} with scopes {', '.join(key.scopes)}; store it now.")
