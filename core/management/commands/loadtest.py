@@ -9,6 +9,7 @@ percentiles. `--json` prints the same as JSON for machines.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sys
 import time
@@ -48,7 +49,7 @@ def percentile(ordered: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list."""
     if not ordered:
         return None
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _ms(seconds: float | None) -> float | None:
