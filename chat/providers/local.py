@@ -167,6 +167,7 @@ class _Model:
     """One llama.cpp instance and what generating chat answers needs from its GGUF. One thread at a time."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_threads: int) -> None:
+        # Imported here: loading llama.cpp's shared library only pays off once the model is used.
         from llama_cpp import Llama, llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
