@@ -114,3 +114,11 @@ async def renew_listener_lease(message_id: int, ttl: float) -> None:
 
 async def has_listener_lease(message_id: int) -> bool:
     return await store().get(f"af:listen:{message_id}") is not None
+
+
+async def mark_alive(message_id: int, ttl: float) -> None:
+    await store().set(f"af:alive:{message_id}", b"1", ttl=ttl)
+
+
+async def is_alive(message_id: int) -> bool:
+    return await store().get(f"af:alive:{message_id}") is not None

@@ -31,6 +31,7 @@ from dataclasses import replace
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.utils import timezone
 
 from chat import shared
 from chat.models import Message
@@ -44,6 +45,7 @@ logger = logging.getLogger("agentsflow.chat")
 
 TERMINAL = frozenset({"done", "error"})
 WATCH_INTERVAL = 0.25  # how often a generation checks for cancel requests and listeners
+ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0  # a running generation says so; the sweeper trusts silence after ALIVE_TTL
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
 
@@ -287,7 +289,11 @@ class Generation:
         """Stop on a cancel request from another process, or once nobody has
         listened for the grace period."""
         grace = settings.CHAT_STREAM_GRACE_SECONDS
+        alive_renewed = 0.0
         while True:
+            if time.monotonic() - alive_renewed >= ALIVE_RENEW:
+                alive_renewed = time.monotonic()
+                await shared.mark_alive(self.message_id, ALIVE_TTL)
             await asyncio.sleep(WATCH_INTERVAL)
             if settings.REDIS_URL and await shared.cancel_requested(self.message_id):
                 self.cancel()
@@ -323,6 +329,20 @@ async def cancel(message_id: int) -> None:
         generation.cancel()
     else:
         await shared.request_cancel(message_id)
+
+
+async def _interrupted(message: Message) -> bool:
+    """True (and the reply marked, see chat.sweeper) when no process is producing
+    a streaming reply any more."""
+    from chat import sweeper
+
+    if running(message.pk) is not None or await shared.is_alive(message.pk):
+        return False
+    if timezone.now() - message.updated_at < sweeper.MIN_AGE:
+        return False
+    text = await sweeper.partial_text(message.pk)
+    await sync_to_async(sweeper.mark_interrupted)(message.pk, text)
+    return True
 
 
 def _load_reply(message_id: int) -> Message | None:
@@ -377,8 +397,7 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
     if after_seq:
         metrics.STREAM_RESUMES.inc()
     last = after_seq
-    idle_since = time.monotonic()
-    next_db_check = 0.0  # look at the stored reply at once, then at most once a second
+    lease_renewed = next_db_check = 0.0  # renew the lease and look at the stored reply at once
     while True:
         batch = [event for event in await shared.replay_read(message_id, last) if event["seq"] > last]
         for event in batch:
@@ -386,14 +405,17 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
             yield event
             if event["type"] in TERMINAL:
                 return
-        if batch:
-            idle_since = time.monotonic()
+        now = time.monotonic()
+        if now - lease_renewed >= LEASE_TTL / 3:
+            lease_renewed = now
             await shared.renew_listener_lease(message_id, LEASE_TTL)
-        elif time.monotonic() >= next_db_check:
-            next_db_check = time.monotonic() + 1.0
+        if not batch and now >= next_db_check:
+            next_db_check = now + 1.0
             message = await sync_to_async(_load_reply)(message_id)
             if message is None:
                 return
+            if message.status == Message.Status.STREAMING and await _interrupted(message):
+                message = await sync_to_async(_load_reply)(message_id)
             if message.status != Message.Status.STREAMING:
                 tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
                 if tail and tail[-1]["type"] in TERMINAL:
@@ -401,16 +423,5 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
                         yield event
                     return
                 yield final_event_from(message, last + 1)
-                return
-            if time.monotonic() - idle_since > LEASE_TTL:
-                yield {
-                    "type": "error",
-                    "seq": last + 1,
-                    "message_id": message_id,
-                    "status": "error",
-                    "code": "stream_lost",
-                    "message": "The worker producing this reply stopped responding.",
-                    "http_status": 503,
-                }
                 return
         await asyncio.sleep(poll)

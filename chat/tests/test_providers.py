@@ -380,7 +380,7 @@ def test_by_default_there_are_the_bundled_model_and_openai(monkeypatch):
     providers = providers_from_env(monkeypatch)
 
     assert providers == {
-        "local": {"kind": "local", "model_path": "", "threads": 2, "concurrency": 1, "queue": 8, "context": 2048},
+        "local": {"kind": "local", "model_path": "", "threads": 1, "concurrency": 1, "queue": 8, "context": 2048},
         "openai": {
             "kind": "openai",
             "base_url": "https://api.openai.com/v1",
