@@ -5,6 +5,7 @@ and models that point at it. The model's upstream id picks the fake's behaviour
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterator
 
 import orjson
@@ -53,8 +54,15 @@ def echo_model(make_model) -> LanguageModel:
 
 
 @pytest.fixture(autouse=True)
-async def _clean_streams():
-    """Each test starts with no generation running and closes its HTTP client."""
+def _clean_streams(request):
+    """Async tests end with no generation running and their HTTP client closed
+    (sync tests get no event loop, so Playwright's sync API can run in them)."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_stop_generations")
+
+
+@pytest.fixture
+async def _stop_generations():
     yield
     for generation in list(streaming._running.values()):
         generation.cancel("test teardown")

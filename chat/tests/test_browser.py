@@ -1,0 +1,84 @@
+"""The chat page in headless Chromium (Debian's, driven by Playwright): sign in,
+send a message, watch the reply stream in over the WebSocket."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = BASE_DIR / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (CI installs it)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_chat_page_streams_a_reply(browser, upstream, tmp_path):
+    models = [
+        {
+            "name": "echo",
+            "provider": "fake",
+            "upstream_model": "echo+tps-30",
+            "context_window": 4096,
+            "max_output_tokens": 256,
+        }
+    ]
+    env = {
+        **fresh_database_env("browser", tmp_path),
+        "AGENTSFLOW_VAR_DIR": str(tmp_path),
+        "EXTRA_PROVIDERS": "fake",
+        "FAKE_BASE_URL": upstream,
+        "AGENTSFLOW_MODELS": json.dumps(models),
+        "ACCESS_LOG": "false",
+    }
+    platform = prepare_platform(env)
+    with run_server(env, log_path=tmp_path / "server.log") as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        problems = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+
+        page.goto(server.url + "/")
+        assert "/accounts/login/" in page.url  # signed out: the sign-in page first
+        page.fill("#id_username", platform.email)
+        page.fill("#id_password", platform.password)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#input")
+        page.select_option("#model", "echo")
+        page.fill("#input", "hello from the browser")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("li.msg.assistant .meta button", timeout=20_000)  # the reply finished
+
+        assert page.inner_text("li.msg.user .body") == "hello from the browser"
+        assert page.inner_text("li.msg.assistant .body") == "hello from the browser"
+        assert page.inner_text("#conversations li.active") == "hello from the browser"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
+        assert problems == []
+        page.close()
