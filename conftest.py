@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
+from core import ratelimit, redis
 from core.cache import two_tier
 from core.models import APIKey, User
 from core.services import api_key_issue
@@ -65,6 +66,8 @@ def _fresh_caches():
 
     two_tier.local.clear()
     two_tier._shared_down_until = 0.0
+    ratelimit.local_counter.clear()
+    redis.breaker.reset()
     for alias in settings.CACHES:
         caches[alias].clear()
     yield

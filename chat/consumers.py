@@ -25,6 +25,7 @@ from chat.api_send import _prepare_regenerate, _prepare_send
 from chat.http import Caller
 from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
+from core import metrics
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
 
@@ -55,6 +56,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.lease_task: asyncio.Task | None = None
         self.tokens, self.refilled_at, self.drops = float(BURST), time.monotonic(), 0
         await self.accept()
+        metrics.WEBSOCKETS.inc()
+        self.counted = True
         if not (self.user and self.user.is_authenticated):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -67,7 +70,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send({"type": "ready", "user": {"id": self.user.pk, "email": self.user.email}})
 
     async def disconnect(self, code) -> None:
-        if self.lease_task is not None:
+        if getattr(self, "counted", False):
+            metrics.WEBSOCKETS.dec()
+            self.counted = False
+        if getattr(self, "lease_task", None) is not None:
             self.lease_task.cancel()
         for group in list(getattr(self, "groups_joined", ())):
             with contextlib.suppress(Exception):
