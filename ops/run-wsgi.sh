@@ -31,6 +31,7 @@ exec "$VENV/bin/granian" \
   --host "$WSGI_HOST" --port "$WSGI_PORT" \
   --workers "$WSGI_WORKERS" \
   --blocking-threads 1 \
+  --http 1 \
   --backlog 4096 \
   --respawn-failed-workers \
   --workers-kill-timeout 30 \
