@@ -27,7 +27,7 @@ echo "asgi: uvicorn on $ASGI_HOST:$ASGI_PORT, $ASGI_WORKERS workers, DB pool $DB
 exec "$VENV/bin/uvicorn" agentsflow.asgi:application \
   --host "$ASGI_HOST" --port "$ASGI_PORT" \
   --workers "$ASGI_WORKERS" \
-  --loop uvloop --http httptools --ws websockets \
+  --loop uvloop --http httptools --ws websockets-sansio \
   --lifespan off \
   --no-access-log \
   --proxy-headers --forwarded-allow-ips "$TRUSTED_PROXIES" \

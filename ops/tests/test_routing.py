@@ -14,7 +14,13 @@ from agentsflow.serving import ASGI_PATHS, nginx_asgi_regex, served_by_asgi
 from chat.routing import websocket_urlpatterns
 from ops.render import NginxConfig, render
 
-SAMPLES = {"int": "7", "slug": "some-slug", "str": "word", "path": "a/b", "uuid": "12345678-1234-5678-1234-567812345678"}
+SAMPLES = {
+    "int": "7",
+    "slug": "some-slug",
+    "str": "word",
+    "path": "a/b",
+    "uuid": "12345678-1234-5678-1234-567812345678",
+}
 
 
 def _sample(pattern) -> str:
@@ -104,4 +110,15 @@ def test_the_nginx_location_is_generated_from_the_list():
     assert all(pattern in location.group(1) for pattern in ASGI_PATHS)
     body = location.group(2)
     assert "proxy_pass http://agentsflow_asgi;" in body
-    assert "proxy_buffering off;" in body and "Upgrade $http_upgrade" in body
+    assert "proxy_buffering off;" in body
+
+
+def test_no_location_drops_the_forwarding_headers():
+    """A proxy_set_header inside a location replaces every server-level one: Host,
+    X-Forwarded-For and the WebSocket upgrade would silently vanish there."""
+    config = render(NginxConfig())
+    server = config.split("    server {", 1)[1]
+    blocks = server.split("\n        location ")
+    assert "proxy_set_header Upgrade $http_upgrade;" in blocks[0] and len(blocks) > 8
+    for block in blocks[1:]:
+        assert "proxy_set_header" not in block
