@@ -252,6 +252,7 @@ def run_stack(
     wsgi_workers: int | None = None,
     asgi_workers: int = 2,
     nginx: dict | None = None,
+    asgi_only: bool = False,
     collectstatic: bool = True,
     timeout: float = 60.0,
 ) -> Iterator[Stack]:
@@ -267,7 +268,9 @@ def run_stack(
     ``wsgi_workers`` defaults to the run script's (one per core). ``nginx``
     overrides ops.render.NginxConfig fields, e.g. ``{"api_rate": None}`` switches
     nginx's per-address API limit off (benchmarks; tests of the platform's own
-    limits). Runs as root here, so nginx's workers run as root too.
+    limits). ``asgi_only=True`` starts no WSGI server and nginx sends everything to
+    ASGI (the single-server deployment, for comparison; ``.wsgi_url`` is then the
+    ASGI server's). Running as root, nginx's workers run as root too.
 
     Yields a ``Stack``: ``.url`` (nginx), ``.wsgi_url``, ``.asgi_url``, ``.logs``
     (paths by name), ``.log(name)``, ``.processes``.
@@ -282,7 +285,8 @@ def run_stack(
         if collectstatic:
             manage("collectstatic", "--no-input", env=overrides)
 
-        wsgi_port, asgi_port, nginx_port = free_port(), free_port(), free_port()
+        asgi_port, nginx_port = free_port(), free_port()
+        wsgi_port = asgi_port if asgi_only else free_port()
         overrides.update(
             WSGI_PORT=str(wsgi_port),
             ASGI_PORT=str(asgi_port),
@@ -294,20 +298,19 @@ def run_stack(
             overrides["WSGI_WORKERS"] = str(wsgi_workers)
         full_env = {**os.environ, **overrides, "DJANGO_SETTINGS_MODULE": "agentsflow.settings", "VENV": str(BIN.parent)}
         logs = {name: tmp_dir / f"{name}.log" for name in ("nginx_error", "nginx_access", "wsgi", "asgi")}
-        config = NginxConfig(
-            listen=f"127.0.0.1:{nginx_port}",
-            wsgi=f"127.0.0.1:{wsgi_port}",
-            asgi=f"127.0.0.1:{asgi_port}",
-            static_root=overrides["STATIC_ROOT"],
-            user="root" if os.geteuid() == 0 else None,
-            worker_processes="auto",
-            pid=str(tmp_dir / "nginx.pid"),
-            error_log=str(logs["nginx_error"]),
-            access_log=str(logs["nginx_access"]),
-            temp_dir=str(tmp_dir / "nginx-temp"),
-            daemon=False,
-            **(nginx or {}),
-        )
+        loopback = {
+            "listen": f"127.0.0.1:{nginx_port}",
+            "wsgi": f"127.0.0.1:{wsgi_port}",
+            "asgi": f"127.0.0.1:{asgi_port}",
+            "static_root": overrides["STATIC_ROOT"],
+            "user": "root" if os.geteuid() == 0 else None,
+            "pid": str(tmp_dir / "nginx.pid"),
+            "error_log": str(logs["nginx_error"]),
+            "access_log": str(logs["nginx_access"]),
+            "temp_dir": str(tmp_dir / "nginx-temp"),
+            "daemon": False,
+        }
+        config = NginxConfig(**{**loopback, **(nginx or {})})
         (tmp_dir / "nginx-temp").mkdir(exist_ok=True)
         conf = tmp_dir / "nginx.conf"
         conf.write_text(render(config))
@@ -317,6 +320,8 @@ def run_stack(
             "asgi": [str(BASE_DIR / "ops" / "run-asgi.sh")],
             "nginx": [NGINX, "-p", str(tmp_dir), "-c", str(conf), "-e", str(logs["nginx_error"])],
         }
+        if asgi_only:
+            del commands["wsgi"]
         processes: dict[str, subprocess.Popen] = {}
         for name, command in commands.items():
             log_path = logs["nginx_error" if name == "nginx" else name]
@@ -337,6 +342,8 @@ def run_stack(
             processes=processes,
         )
         for name, url in (("wsgi", stack.wsgi_url), ("asgi", stack.asgi_url), ("nginx", stack.url)):
+            if name not in processes:
+                continue
             log_name = "nginx_error" if name == "nginx" else name
             server = Server(url=url, port=0, process=processes[name], log_path=logs[log_name])
             _wait_until_up(server, "/health", timeout)
