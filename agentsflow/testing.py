@@ -267,8 +267,9 @@ def run_stack(
     nginx.conf, the logs and STATIC_ROOT, filled by ``collectstatic``.
     ``wsgi_workers`` defaults to the run script's (one per core). ``nginx``
     overrides ops.render.NginxConfig fields, e.g. ``{"api_rate": None}`` switches
-    nginx's per-address API limit off (benchmarks; tests of the platform's own
-    limits). ``asgi_only=True`` starts no WSGI server and nginx sends everything to
+    nginx's per-address API limit off (tests of the platform's own limits), and
+    ``{"api_rate": None, "auth_rate": None, "conn_limit": None}`` every per-address
+    limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts no WSGI server and nginx sends everything to
     ASGI (the single-server deployment, for comparison; ``.wsgi_url`` is then the
     ASGI server's). Running as root, nginx's workers run as root too.
 

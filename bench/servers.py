@@ -11,6 +11,8 @@ in a rotated order, so a noisy machine shifts them all alike):
   uvicorn-nginx  nginx -> uvicorn ASGI for everything (the single-server deployment)
   granian-asgi   granian ASGI alone, 2 workers
   granian-wsgi   granian WSGI alone (ops/run-wsgi.sh): the split's API half without nginx
+A candidate may end in ``:poolN`` to cap its database pool at N connections per
+process (``granian-wsgi:pool1``), for sizing the pools.
 
 Endpoints: /health (no I/O), /api/me (API key, cached authentication), /api/keys
 (API key + a 10-row database list). nginx's per-address limits are off and the
@@ -59,7 +61,7 @@ RESULTS = BASE_DIR / "bench" / "results"
 LUA = BASE_DIR / "bench" / "wrk" / "report.lua"
 ENDPOINTS = {"health": "/health", "me": "/api/me", "keys": "/api/keys"}
 CANDIDATES = ("split", "uvicorn", "uvicorn-nginx", "granian-asgi", "granian-wsgi")
-NO_SHIELDS = {"api_rate": None, "auth_rate": None, "access_log": None}
+NO_SHIELDS = {"api_rate": None, "auth_rate": None, "conn_limit": None, "access_log": None}
 
 
 @dataclass
@@ -103,38 +105,56 @@ def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> 
         stop(process)
 
 
-def _named(env: dict[str, str], name: str) -> dict[str, str]:
+def _named(env: dict[str, str], candidate: str) -> dict[str, str]:
     """Each candidate's PostgreSQL connections carry its name (pg_stat_activity)."""
-    return {**env, "DATABASE_URL": f"{env['DATABASE_URL']}?application_name=bench-{name}"}
+    return {**env, "DATABASE_URL": f"{env['DATABASE_URL']}?application_name={_app_name(candidate)}"}
+
+
+def _app_name(candidate: str) -> str:
+    return "bench-" + re.sub(r"[^a-z0-9-]", "-", candidate)
+
+
+def _pool(candidate: str) -> tuple[str, dict[str, str]]:
+    """``granian-wsgi:pool4``: the candidate with a pool of at most 4 connections per process."""
+    name, _, size = candidate.partition(":pool")
+    if not size:
+        return name, {}
+    if not size.isdigit() or int(size) < 1:
+        raise SystemExit(f"bad pool size in {candidate!r}: use NAME:poolN, N >= 1")
+    sizes = {"MIN_SIZE": "1", "MAX_SIZE": size}
+    return name, {f"{prefix}DB_POOL_{k}": v for prefix in ("", "WSGI_", "ASGI_") for k, v in sizes.items()}
 
 
 @contextlib.contextmanager
 def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterator[dict[str, str]]:
-    """Start every candidate; yields {name: base URL}."""
+    """Start every candidate; yields {candidate: base URL}."""
     urls = {}
     with contextlib.ExitStack() as running:
-        for name in names:
-            cenv = _named(env, name)
-            print(f"starting {name}", file=sys.stderr, flush=True)
+        for candidate in names:
+            name, pool = _pool(candidate)
+            cenv = {**_named(env, candidate), **pool}
+            directory = tmp / _app_name(candidate)
+            print(f"starting {candidate}", file=sys.stderr, flush=True)
             if name == "split":
-                stack = run_stack(cenv, tmp_dir=tmp / name, nginx=NO_SHIELDS, collectstatic=False)
-                urls[name] = running.enter_context(stack).url
+                stack = run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, collectstatic=False)
+                urls[candidate] = running.enter_context(stack).url
             elif name == "uvicorn-nginx":
-                stack = run_stack(cenv, tmp_dir=tmp / name, nginx=NO_SHIELDS, asgi_only=True, collectstatic=False)
-                urls[name] = running.enter_context(stack).url
+                stack = run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, asgi_only=True, collectstatic=False)
+                urls[candidate] = running.enter_context(stack).url
             elif name == "uvicorn":
-                urls[name] = running.enter_context(_script("run-asgi.sh", cenv, "ASGI_PORT", tmp / f"{name}.log"))
+                script = _script("run-asgi.sh", cenv, "ASGI_PORT", directory.with_suffix(".log"))
+                urls[candidate] = running.enter_context(script)
             elif name == "granian-wsgi":
-                urls[name] = running.enter_context(_script("run-wsgi.sh", cenv, "WSGI_PORT", tmp / f"{name}.log"))
+                script = _script("run-wsgi.sh", cenv, "WSGI_PORT", directory.with_suffix(".log"))
+                urls[candidate] = running.enter_context(script)
             elif name == "granian-asgi":
                 # The ASGI server's pool sizes (ops/run-asgi.sh), granian's own flags.
-                genv = {**cenv, "DB_POOL_MIN_SIZE": "1", "DB_POOL_MAX_SIZE": "8"}
-                server = running.enter_context(
-                    run_server(genv, kind="granian-asgi", workers=2, log_path=tmp / f"{name}.log")
-                )
-                urls[name] = server.url
+                genv = {"DB_POOL_MIN_SIZE": "1", "DB_POOL_MAX_SIZE": "8", **cenv}
+                server = run_server(genv, kind="granian-asgi", workers=2, log_path=directory.with_suffix(".log"))
+                urls[candidate] = running.enter_context(server).url
             else:
-                raise SystemExit(f"unknown candidate {name!r}; known: {', '.join(CANDIDATES)}")
+                known = ", ".join(CANDIDATES)
+                raise SystemExit(f"unknown candidate {candidate!r}; known: {known} (each may add :poolN)")
         yield urls
 
 
@@ -192,7 +212,7 @@ def wrk(url: str, key: str, *, duration: float, connections: int, threads: int) 
 
 
 def measure(url: str, key: str, database_url: str, candidate: str, args) -> Run:
-    with ConnectionSampler(database_url, f"bench-{candidate}") as sampler:
+    with ConnectionSampler(database_url, _app_name(candidate)) as sampler:
         report = wrk(url, key, duration=args.duration, connections=args.connections, threads=args.threads)
     errors = sum(report["errors"].values())
     return Run(

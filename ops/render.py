@@ -45,6 +45,7 @@ class NginxConfig:
     api_burst: int = 20
     auth_rate: str | None = "5r/s"  # the guide's auth zone: sign-in and key creation
     auth_burst: int = 5
+    conn_limit: int | None = 256  # open streams/WebSockets per client address; None: no limit
     tls_certificate: str | None = None  # with tls_certificate_key: listen 443 ssl, port 80 redirects
     tls_certificate_key: str | None = None
 
@@ -74,6 +75,7 @@ class NginxConfig:
             "auth_rate": self.auth_rate or "1r/s",
             "api_limit": f"{indent}limit_req zone=api burst={self.api_burst} nodelay;" if self.api_rate else "",
             "auth_limit": f"{indent}limit_req zone=auth burst={self.auth_burst} nodelay;" if self.auth_rate else "",
+            "conn_limit": f"{indent}limit_conn per_ip {self.conn_limit};" if self.conn_limit else "",
             "asgi_regex": nginx_asgi_regex(),
             "tls": self._tls(),
             "tls_redirect": self._tls_redirect(),
@@ -118,6 +120,10 @@ def render(config: NginxConfig | None = None, template: Path = TEMPLATE) -> str:
     return _FIELD.sub(lambda match: values[match.group(1)], text)
 
 
+def _int_or_none(value: str) -> int | None:
+    return None if value == "none" else int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = NginxConfig()
@@ -127,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             parser.add_argument(flag, type=lambda v: v.lower() in {"1", "true", "yes", "on"}, default=default)
         elif isinstance(default, int):
-            parser.add_argument(flag, type=int, default=default)
+            parser.add_argument(
+                flag, type=_int_or_none, default=default, help=f"default: {default} ('none' leaves it out)"
+            )
         else:
             parser.add_argument(flag, default=default, help=f"default: {default} ('none' leaves it out)")
     parser.add_argument("--output", "-o", help="write here instead of stdout")

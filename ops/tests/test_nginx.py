@@ -87,10 +87,12 @@ def test_tls_config_passes_nginx_t(tmp_path):
 
 @needs_nginx
 def test_loopback_config_without_limits_passes_nginx_t(tmp_path):
-    config = _writable(tmp_path, listen="127.0.0.1:8080", daemon=False, user=None, api_rate=None, auth_rate=None)
+    config = _writable(
+        tmp_path, listen="127.0.0.1:8080", daemon=False, user=None, api_rate=None, auth_rate=None, conn_limit=None
+    )
     result = nginx_test(tmp_path, config)
     assert result.returncode == 0, result.stderr
-    assert "limit_req zone=" not in render(config)
+    assert "limit_req zone=" not in render(config) and "limit_conn per_ip" not in render(config)
 
 
 @needs_nginx
