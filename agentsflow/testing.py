@@ -269,9 +269,9 @@ def run_stack(
     overrides ops.render.NginxConfig fields, e.g. ``{"api_rate": None}`` switches
     nginx's per-address API limit off (tests of the platform's own limits), and
     ``{"api_rate": None, "auth_rate": None, "conn_limit": None}`` every per-address
-    limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts no WSGI server and nginx sends everything to
-    ASGI (the single-server deployment, for comparison; ``.wsgi_url`` is then the
-    ASGI server's). Running as root, nginx's workers run as root too.
+    limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts
+    no WSGI server and nginx sends everything to ASGI (the single-server
+    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's). Running as root, nginx's workers run as root too.
 
     Yields a ``Stack``: ``.url`` (nginx), ``.wsgi_url``, ``.asgi_url``, ``.logs``
     (paths by name), ``.log(name)``, ``.processes``.
