@@ -271,7 +271,8 @@ def run_stack(
     ``{"api_rate": None, "auth_rate": None, "conn_limit": None}`` every per-address
     limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts
     no WSGI server and nginx sends everything to ASGI (the single-server
-    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's). Running as root, nginx's workers run as root too.
+    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's). As root,
+    nginx's workers run as root too (they read STATIC_ROOT under a private tmp).
 
     Yields a ``Stack``: ``.url`` (nginx), ``.wsgi_url``, ``.asgi_url``, ``.logs``
     (paths by name), ``.log(name)``, ``.processes``.
