@@ -11,8 +11,8 @@ in a rotated order, so a noisy machine shifts them all alike):
   uvicorn-nginx  nginx -> uvicorn ASGI for everything (the single-server deployment)
   granian-asgi   granian ASGI alone, 2 workers
   granian-wsgi   granian WSGI alone (ops/run-wsgi.sh): the split's API half without nginx
-A candidate may end in ``:poolN`` to cap its database pool at N connections per
-process (``granian-wsgi:pool1``), for sizing the pools.
+A candidate may add ``:poolN`` (database pool of at most N connections per process)
+and ``:threadsN`` (WSGI blocking threads per worker), e.g. ``split:threads4``.
 
 Endpoints: /health (no I/O), /api/me (API key, cached authentication), /api/keys
 (API key + a 10-row database list). nginx's per-address limits are off and the
@@ -114,15 +114,21 @@ def _app_name(candidate: str) -> str:
     return "bench-" + re.sub(r"[^a-z0-9-]", "-", candidate)
 
 
-def _pool(candidate: str) -> tuple[str, dict[str, str]]:
-    """``granian-wsgi:pool4``: the candidate with a pool of at most 4 connections per process."""
-    name, _, size = candidate.partition(":pool")
-    if not size:
-        return name, {}
-    if not size.isdigit() or int(size) < 1:
-        raise SystemExit(f"bad pool size in {candidate!r}: use NAME:poolN, N >= 1")
-    sizes = {"MIN_SIZE": "1", "MAX_SIZE": size}
-    return name, {f"{prefix}DB_POOL_{k}": v for prefix in ("", "WSGI_", "ASGI_") for k, v in sizes.items()}
+def _variant(candidate: str) -> tuple[str, dict[str, str]]:
+    """``granian-wsgi:pool4:threads2``: a candidate with its pool capped at 4 connections
+    per process and (WSGI) 2 blocking threads per worker; returns (name, env)."""
+    name, *options = candidate.split(":")
+    env = {}
+    for option in options:
+        match = re.fullmatch(r"(pool|threads)(\d+)", option)
+        if not match or int(match.group(2)) < 1:
+            raise SystemExit(f"bad option {option!r} in {candidate!r}: use poolN or threadsN, N >= 1")
+        if match.group(1) == "threads":
+            env["WSGI_THREADS"] = match.group(2)
+        else:
+            for prefix in ("", "WSGI_", "ASGI_"):
+                env.update({f"{prefix}DB_POOL_MIN_SIZE": "1", f"{prefix}DB_POOL_MAX_SIZE": match.group(2)})
+    return name, env
 
 
 @contextlib.contextmanager
@@ -131,8 +137,8 @@ def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterat
     urls = {}
     with contextlib.ExitStack() as running:
         for candidate in names:
-            name, pool = _pool(candidate)
-            cenv = {**_named(env, candidate), **pool}
+            name, options = _variant(candidate)
+            cenv = {**_named(env, candidate), **options}
             directory = tmp / _app_name(candidate)
             print(f"starting {candidate}", file=sys.stderr, flush=True)
             if name == "split":
@@ -154,7 +160,7 @@ def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterat
                 urls[candidate] = running.enter_context(server).url
             else:
                 known = ", ".join(CANDIDATES)
-                raise SystemExit(f"unknown candidate {candidate!r}; known: {known} (each may add :poolN)")
+                raise SystemExit(f"unknown candidate {candidate!r}; known: {known} (each may add :poolN, :threadsN)")
         yield urls
 
 
