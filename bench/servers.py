@@ -11,8 +11,9 @@ in a rotated order, so a noisy machine shifts them all alike):
   uvicorn-nginx  nginx -> uvicorn ASGI for everything (the single-server deployment)
   granian-asgi   granian ASGI alone, 2 workers
   granian-wsgi   granian WSGI alone (ops/run-wsgi.sh): the split's API half without nginx
-A candidate may add ``:poolN`` (database pool of at most N connections per process)
-and ``:threadsN`` (WSGI blocking threads per worker), e.g. ``split:threads4``.
+A candidate may add ``:poolN`` (database pool of at most N connections per process),
+``:threadsN`` (WSGI blocking threads per worker) and ``:workersN`` (WSGI worker
+processes), e.g. ``split:threads4`` or ``split:workers4``.
 
 Endpoints: /health (no I/O), /api/me (API key, cached authentication), /api/keys
 (API key + a 10-row database list). nginx's per-address limits are off and the
@@ -120,11 +121,13 @@ def _variant(candidate: str) -> tuple[str, dict[str, str]]:
     name, *options = candidate.split(":")
     env = {}
     for option in options:
-        match = re.fullmatch(r"(pool|threads)(\d+)", option)
+        match = re.fullmatch(r"(pool|threads|workers)(\d+)", option)
         if not match or int(match.group(2)) < 1:
-            raise SystemExit(f"bad option {option!r} in {candidate!r}: use poolN or threadsN, N >= 1")
+            raise SystemExit(f"bad option {option!r} in {candidate!r}: use poolN, threadsN or workersN, N >= 1")
         if match.group(1) == "threads":
             env["WSGI_THREADS"] = match.group(2)
+        elif match.group(1) == "workers":
+            env["WSGI_WORKERS"] = match.group(2)
         else:
             for prefix in ("", "WSGI_", "ASGI_"):
                 env.update({f"{prefix}DB_POOL_MIN_SIZE": "1", f"{prefix}DB_POOL_MAX_SIZE": match.group(2)})
@@ -160,7 +163,9 @@ def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterat
                 urls[candidate] = running.enter_context(server).url
             else:
                 known = ", ".join(CANDIDATES)
-                raise SystemExit(f"unknown candidate {candidate!r}; known: {known} (each may add :poolN, :threadsN)")
+                raise SystemExit(
+                    f"unknown candidate {candidate!r}; known: {known} (each may add :poolN, :threadsN, :workersN)"
+                )
         yield urls
 
 
