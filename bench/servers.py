@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -348,6 +349,10 @@ def prepare(tmp: Path) -> tuple[dict[str, str], str]:
     return env, key
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -359,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument("--output", default=str(RESULTS / "servers"), help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) stop the servers on the way out.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     candidates = [c for c in args.candidates.split(",") if c]
     endpoints = [e for e in args.endpoints.split(",") if e]
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
