@@ -263,6 +263,10 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # --- Requests: timing, limits ----------------------------------------------------
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 SLOW_QUERY_MS = env_int("SLOW_QUERY_MS", 500, minimum=0)
+
+# Staff dashboard: how often a metrics snapshot is stored, and how long they are kept.
+DASHBOARD_SAMPLE_SECONDS = env_int("DASHBOARD_SAMPLE_SECONDS", 10, minimum=1)
+DASHBOARD_HISTORY_DAYS = env_int("DASHBOARD_HISTORY_DAYS", 2, minimum=1)
 REQUEST_TIMEOUT_SECONDS = env_float("REQUEST_TIMEOUT_SECONDS", 30.0, minimum=1)
 GZIP_MIN_BYTES = 1000
 RATE_LIMITS = {
