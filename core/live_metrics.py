@@ -11,6 +11,7 @@ every process (and the charts over the last hour and day) sees the same history.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import defaultdict
@@ -87,7 +88,7 @@ def _decumulate(histogram: dict) -> None:
     histogram["buckets"] = [count - (cumulative[i - 1] if i else 0.0) for i, count in enumerate(cumulative)]
 
 
-def _absorb(snap: dict, family: str, sample) -> None:  # noqa: C901 - one branch per metric
+def _absorb(snap: dict, family: str, sample) -> None:
     name, labels, value = sample.name, sample.labels, sample.value
     if family == "agentsflow_request_duration_seconds":
         if name.endswith("_bucket"):
@@ -373,7 +374,7 @@ def history(span: str) -> list[dict]:
         if not kept or (at - kept[-1][0]).total_seconds() >= spacing:
             kept.append((at, data))
     points = []
-    for (_, old), (at, new) in zip(kept, kept[1:], strict=False):
+    for (_, old), (at, new) in itertools.pairwise(kept):
         fig = figures(new, old)
         points.append(
             {
