@@ -70,7 +70,12 @@ def usage(make_user, make_key, settings):
         "bob_key": bob_key,
         "clients": {
             name: _client(plain)
-            for name, plain in {"alice": alice_plain, "bob": bob_plain, "staff": staff_plain, "chat_only": chat_only}.items()
+            for name, plain in {
+                "alice": alice_plain,
+                "bob": bob_plain,
+                "staff": staff_plain,
+                "chat_only": chat_only,
+            }.items()
         },
     }
 
@@ -224,7 +229,9 @@ def test_timeseries_has_every_bucket_in_local_days(usage):
 
 def test_timeseries_by_hour(usage):
     body = _get(
-        usage["clients"]["alice"], "timeseries", "metric=tokens&granularity=hour&from=2026-11-10T09:00Z&to=2026-11-10T12:00Z"
+        usage["clients"]["alice"],
+        "timeseries",
+        "metric=tokens&granularity=hour&from=2026-11-10T09:00Z&to=2026-11-10T12:00Z",
     ).json()
     assert [p["value"] for p in body["points"]] == [45, 0, 15]
     assert body["points"][0]["t"] == "2026-11-10T10:00:00+01:00"
@@ -255,7 +262,9 @@ def test_breakdown_for_a_user_shows_only_that_user(usage):
 # --- Caching and query budgets --------------------------------------------------------------------
 
 
-def test_answers_are_cached_and_a_rollup_run_retires_them(usage, django_assert_num_queries, django_assert_max_num_queries):
+def test_answers_are_cached_and_a_rollup_run_retires_them(
+    usage, django_assert_num_queries, django_assert_max_num_queries
+):
     staff = usage["clients"]["staff"]
     assert _get(staff, "summary").json()["requests"] == 6  # warms the key lookup too
     with django_assert_num_queries(0):
