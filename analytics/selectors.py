@@ -74,6 +74,8 @@ def aligned(granularity: Granularity, start: datetime, end: datetime) -> tuple[d
 
 
 def _cached(kind: str, scope: Scope, parts: tuple, compute):
+    if not settings.ANALYTICS_CACHE_SECONDS:
+        return compute()
     key = ":".join([kind, cache_generation(), scope.cache_key, *map(str, parts)])
     return two_tier.get_or_compute(CACHE_FAMILY, key, compute, ttl=settings.ANALYTICS_CACHE_SECONDS)
 
