@@ -236,6 +236,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- outgoing ---------------------------------------------------------------------------
 
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale database connections before every message, which is a
+        # hop to the sync thread; reply events never touch the database (the handlers
+        # that do go through database_sync_to_async, which closes them itself), and
+        # that hop per batch of tokens cost more than sending the tokens.
+        if message.get("type") == "chat.events":
+            await self.chat_events(message)
+            return
+        await super().dispatch(message)
+
     async def chat_events(self, event: dict) -> None:
         """Reply events from the conversation groups (and replays), each sent once, in order.
 

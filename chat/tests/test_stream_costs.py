@@ -86,3 +86,27 @@ async def test_a_resumed_socket_gets_plain_events_after_packed_ones(chat_client,
     replayed = await until_final(ws, accepted["message_id"])
     assert [e["seq"] for e in replayed] == [e["seq"] for e in events[2:]]
     await ws.disconnect()
+
+
+async def test_reply_events_reach_a_socket_without_a_hop_to_the_sync_thread(chat_client, echo_model, monkeypatch):
+    """Channels closes stale database connections (in the sync thread) before each
+    message it dispatches; the consumer skips that for reply events, which arrive
+    once per batch of tokens and never touch the database."""
+    import channels.consumer
+
+    hops = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted():
+        hops.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    ws = await connect(chat_client.key)
+    before = len(hops)
+    await ws.send_json_to({"type": "send", "content": "a b c d e f g h", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    assert events[-1]["type"] == "done"
+    assert len(hops) - before == 1  # the "send" message itself, none for the reply events
+    await ws.disconnect()
