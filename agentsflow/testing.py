@@ -109,8 +109,13 @@ def run_server(
     log_path: Path | None = None,
     ready_path: str = "/health",
     timeout: float = 30.0,
+    cwd: Path = BASE_DIR,
 ) -> Iterator[Server]:
-    """Start a server process on a free loopback port; stop it (and its workers) on exit."""
+    """Start a server process on a free loopback port; stop it (and its workers) on exit.
+
+    ``cwd`` is the checkout the server imports the project from (benchmarks run
+    an older checkout next to this one to compare them).
+    """
     port = free_port()
     full_env = {**os.environ, **(env or {})}
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -119,7 +124,7 @@ def run_server(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             server_command(kind, port, workers),
-            cwd=BASE_DIR,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
