@@ -75,6 +75,14 @@ class Platform:
     def memory(self) -> procs.Memory:
         return procs.memory(self.pids())
 
+    def keep_logs(self, directory: Path) -> None:
+        """Copy the servers' logs without the access-log lines (one a request) to ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, path in self.logs.items():
+            if path.exists():
+                with open(path, errors="replace") as source, open(directory / f"{name}.log", "w") as target:
+                    target.writelines(line for line in source if '"logger":"agentsflow.access"' not in line)
+
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(
             f"--- {name} ---\n{path.read_text(errors='replace')[-chars:]}"

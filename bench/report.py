@@ -181,8 +181,8 @@ def markdown(results: dict) -> str:
         notes.append(
             "- streamed events: every socket sends one message to a model streaming time-stamped tokens; latency "
             "is the client's receive time minus the fake upstream's send time of that token (wall clock, same "
-            "machine), over the window in which every stream was running "
-            f"({stream['window_seconds']} s); all deltas: p50 {stream['latency_all_ms']['p50']} ms, "
+            f"machine), over the window: {stream['window']} ({stream['window_seconds']} s); "
+            f"all deltas: p50 {stream['latency_all_ms']['p50']} ms, "
             f"p99 {stream['latency_all_ms']['p99']} ms; send to first delta p50 "
             f"{stream['send_to_first_delta_ms']['p50']} ms; finals {stream['finals']}."
         )
@@ -193,8 +193,8 @@ def markdown(results: dict) -> str:
             f"({held['client_processes']} client processes), server gauge {held['server_gauge']}, "
             f"{held['still_open_at_close']:,} still open when closed; RSS {held['memory_before']['rss_mb']} MB "
             f"before, {held['memory_held']['rss_mb']} MB held ({held['per_socket_kb']} KB a socket, "
-            f"{held['memory_held']['processes']} processes: nginx, granian, uvicorn); open-file limit of the "
-            f"ASGI workers {held['asgi_open_files_limit']}, nginx {held['nginx_open_files_limit']}; "
+            f"{held['memory_held']['processes']} processes: {held['servers']}); open-file limit of the "
+            f"ASGI workers {held['asgi_open_files_limit']}, nginx {held['nginx_open_files_limit'] or '(no nginx)'}; "
             f"failures {held['failures'] or 'none'}."
         )
     cache = results.get("cache")

@@ -33,6 +33,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -72,7 +73,7 @@ class Plan:
 PLANS = {
     "full": Plan("full", FULL, "", 100, 3, 8, 2, 64, 10_000, ws.StreamPlan(200, 50, 750), 15, 2000, 8),
     "quick": Plan("quick", QUICK, "_quick", 20, 1, 4, 1, 64, 1_000, ws.StreamPlan(50, 20, 100), 5, 500, 0),
-    "tiny": Plan("tiny", TINY, "_tiny", 2, 1, 1, 0, 16, 50, ws.StreamPlan(8, 20, 30), 2, 100, 0),
+    "tiny": Plan("tiny", TINY, "_tiny", 2, 1, 2, 1, 16, 50, ws.StreamPlan(8, 20, 30), 2, 100, 0),
 }
 
 
@@ -314,6 +315,7 @@ def run(args) -> dict:
             files = {f.id: work_dir / f"{f.id}.tsv" for f in figures}
             results["profiles"] = _profile_misses(results, figures, platform, files, work_dir, plan, keys_file)
         machine["load_average_after"] = load_average()
+        platform.keep_logs(out_dir / "logs")
         results["seconds"] = round(time.monotonic() - started, 1)
     json_path, md_path = report.write(results, out_dir)
     print(report.text_table(report.rows(results)))
@@ -333,7 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--redis-url", help="default: REDIS_URL (flushed at the start)")
     parser.add_argument("--out", help=f"where latest.json and latest.md go (default {RESULTS})")
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # A plain SIGTERM would skip the clean-up: servers, nginx and the fake model would outlive the run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run(args)
 
 
 if __name__ == "__main__":

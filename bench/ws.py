@@ -154,6 +154,7 @@ def held_connections(
         "asgi_open_files_limit": asgi_limits,
         "nginx_open_files_limit": nginx_limits,
         "client_processes": clients,
+        "servers": ", ".join(platform.roots),
     }
 
 
@@ -176,6 +177,22 @@ def percentile(ordered: list[int], q: float) -> int | None:
     if not ordered:
         return None
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _steady_window(streams: list[dict]) -> tuple[int, int, str]:
+    """The receive-time window the rate and latencies are taken over (ns): while
+    every stream ran; else, when the streams barely overlapped (their starts
+    spread out under load), while at least half of them ran; else everything."""
+    if not streams:
+        return 0, 0, "none"
+    firsts = sorted(s["first"] for s in streams)
+    lasts = sorted(s["last"] for s in streams)
+    if lasts[0] - firsts[-1] >= 1e9:
+        return firsts[-1], lasts[0], "all streams running"
+    half = len(streams) // 2
+    if lasts[half] - firsts[half] >= 1e9:
+        return firsts[half], lasts[half], "half of the streams running (they did not all overlap)"
+    return firsts[0], lasts[-1], "first delta to last (the streams did not overlap)"
 
 
 def streamed_events(
@@ -240,9 +257,7 @@ def streamed_events(
             samples.frombytes(path.read_bytes())
     received, latencies = samples[0::2], samples[1::2]
     streaming = [s for s in sockets if s["first"] is not None]
-    # The steady window: from the moment every stream had begun to the moment the first one ended.
-    window_start = max((s["first"] for s in streaming), default=0)
-    window_end = min((s["last"] for s in streaming), default=0)
+    window_start, window_end, window_kind = _steady_window(streaming)
     window = (window_end - window_start) / 1e9
     in_window = sorted(lat for at, lat in zip(received, latencies, strict=True) if window_start <= at <= window_end)
     everything = sorted(latencies)
@@ -255,7 +270,9 @@ def streamed_events(
         "deltas_received": len(latencies),
         "deltas_expected": plan.sockets * plan.tokens,
         "finals": finals,
+        "error_messages": [m for r in results for m in r.get("errors", [])][:5],
         "window_seconds": round(window, 2),
+        "window": window_kind,
         "events_per_second": round(len(in_window) / window, 1) if window > 0 else None,
         "latency_ms": {
             name: (None if value is None else round(value / 1e6, 2))

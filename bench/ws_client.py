@@ -170,6 +170,7 @@ async def _stream_one(ws, index: int, args, samples: array, report: dict) -> Non
             break
         elif kind == "error":
             final = f"error:{event.get('code')}"
+            report["errors"].append(event.get("message"))
             break
     report["sockets"].append({"sent": sent, "first": first, "last": last, "deltas": deltas, "final": final})
 
@@ -179,13 +180,19 @@ async def stream(args) -> None:
     sockets = await opener.open_many(args.sockets, "ready")
     await read_line()  # "go": every client process starts at once
     samples: array = array("q")
-    report: dict = {"sockets": [], "unparsable": 0}
+    report: dict = {"sockets": [], "unparsable": 0, "errors": []}
     await asyncio.gather(*(_stream_one(ws, i, args, samples, report) for i, ws in enumerate(sockets)))
     with open(args.samples, "wb") as out:
         samples.tofile(out)
     await close_all(sockets)
     finals = Counter(str(s["final"]) for s in report["sockets"])
-    say(event="streamed", sockets=report["sockets"], finals=dict(finals), unparsable=report["unparsable"])
+    say(
+        event="streamed",
+        sockets=report["sockets"],
+        finals=dict(finals),
+        unparsable=report["unparsable"],
+        errors=report["errors"][:5],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
