@@ -27,6 +27,7 @@ urlpatterns = [
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("core.urls")),
     path("api/", include("chat.urls")),
+    path("api/", include("analytics.urls")),
     path("v1/", include("chat.openai_urls")),
     # Anything else under /api/ or /v1/ is a JSON 404, never Django's HTML page.
     re_path(r"^api/", api_not_found),
