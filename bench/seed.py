@@ -477,6 +477,22 @@ def heavy_users(database_url: str, size: SeedSize, count: int, conversations_eac
     return users
 
 
+def fill_rollups(env: dict[str, str], out=sys.stderr) -> None:
+    """The analytics rollups over the seeded history (``manage.py rollup`` resumes from
+    its watermark, so on a reused database it only recomputes the current buckets)."""
+    from django.core.management import get_commands
+
+    from agentsflow.testing import manage
+
+    if "rollup" not in get_commands():
+        return
+    started = time.monotonic()
+    out.write("  analytics rollup ...")
+    out.flush()
+    manage("rollup", env=env, timeout=1200)
+    out.write(f" {time.monotonic() - started:.0f} s\n")
+
+
 def ensure_seeded(database_url: str, size: SeedSize, *, env: dict[str, str], reseed: bool = False, out=sys.stderr):
     """Reuse the seed in ``database_url`` or make a new one; always apply pending migrations."""
     from agentsflow.testing import manage
@@ -492,6 +508,8 @@ def ensure_seeded(database_url: str, size: SeedSize, *, env: dict[str, str], res
         recreate_database(database_url)
         manage("migrate", "--no-input", env=env, timeout=600)
         load(database_url, size, out)
+    fill_rollups(env, out)
+    if not reused:
         out.write(f"seed: done in {time.monotonic() - started:.0f} s\n")
     return Seed(
         database_url=database_url,
