@@ -32,6 +32,12 @@ run: migrate
 test: venv
 	$(PY) -m pytest
 
+## Benchmarks (README, "Benchmarks"): the platform as deployed under wrk and WebSocket
+## clients; needs DATABASE_URL, REDIS_URL (a database of its own: flushed), wrk and nginx.
+## `make bench BENCH_ARGS=--quick` for a smaller seed and shorter runs.
+bench: venv
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
