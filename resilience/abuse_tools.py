@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentsflow.testing import Server, fresh_database_env, prepare_platform, run_server
+import pytest
+
+from agentsflow.testing import Platform, Server, fresh_database_env, run_server
 
 # --- the API's surface -----------------------------------------------------------------
 
@@ -257,6 +260,8 @@ def fake_models(upstream: str, *models: dict) -> dict[str, str]:
 
 @dataclass
 class Live:
+    """A server process on a prepared database, with the prepared user's key."""
+
     server: Server
     key: str
     email: str
@@ -278,8 +283,11 @@ class Live:
 
 
 @contextlib.contextmanager
-def live_platform(env: dict[str, str], *, workers: int = 1, log_path: Path | None = None) -> Iterator[Live]:
-    platform = prepare_platform(env)
+def serve(
+    platform: Platform, extra: dict[str, str] | None = None, *, workers: int = 1, log_path: Path | None = None
+) -> Iterator[Live]:
+    """A server on ``platform``'s database (prepare once, serve with several settings)."""
+    env = {**platform.env, **(extra or {})}
     with run_server(env, workers=workers, log_path=log_path) as server:
         yield Live(server=server, key=platform.key, email=platform.email, password=platform.password, env=env)
 
@@ -342,3 +350,65 @@ def redis_clients(url: str) -> int:
         return sum(1 for c in client.client_list() if int(c.get("db", -1)) == db and int(c["id"]) != me)
     finally:
         client.close()
+
+
+# --- in-process fixtures (test modules bind them by name: ``upstream = tools.upstream``) ------
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """The fake OpenAI-compatible upstream (bench.fake_upstream) on loopback."""
+    from bench.fake_upstream import run_fake_upstream
+
+    with run_fake_upstream() as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def fake_platform(settings, upstream, transactional_db):
+    """In process: the provider "fake" on the fake upstream, an "echo" model as the
+    default, and rate limits out of the way of a sweep."""
+    from chat.models import LanguageModel
+
+    settings.MODEL_PROVIDERS = {
+        **settings.MODEL_PROVIDERS,
+        "fake": {
+            "kind": "openai",
+            "base_url": upstream,
+            "api_key": "",
+            "connect_timeout": 1.0,
+            "read_timeout": 5.0,
+            "retries": 0,
+        },
+    }
+    settings.CHAT_DEFAULT_MODEL = "echo"
+    settings.RATE_LIMITS = {"premium": 100_000, "regular": 100_000, "anonymous": 100_000}
+    settings.AUTH_RATE_LIMITS = ["100000/s"]
+    LanguageModel.objects.create(name="echo", provider="fake", upstream_model="echo", context_window=4096)
+    return settings
+
+
+@pytest.fixture
+async def generations_stopped():
+    """Async tests end with no generation running and the provider's HTTP client closed."""
+    from chat import streaming
+    from chat.providers.openai import close_http_client
+
+    yield
+    for generation in list(streaming._running.values()):
+        generation.cancel("test teardown")
+        if generation.task is not None:
+            await asyncio.wait({generation.task}, timeout=5)
+    await close_http_client()
+
+
+def key_client(plaintext: str):
+    """An ASGI test client that sends ``plaintext`` as a bearer key with every request."""
+    from django.test import AsyncClient
+
+    class KeyClient(AsyncClient):
+        def generic(self, method, path, *args, headers=None, **kwargs):
+            headers = {"Authorization": f"Bearer {plaintext}", **(headers or {})}
+            return super().generic(method, path, *args, headers=headers, **kwargs)
+
+    return KeyClient()

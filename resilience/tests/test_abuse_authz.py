@@ -18,11 +18,8 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from bench.fake_upstream import run_fake_upstream
-from chat import streaming
 from chat.consumers import ChatConsumer
-from chat.models import Conversation, IdempotencyRecord, LanguageModel, Message, MessageFeedback
-from chat.providers.openai import close_http_client
+from chat.models import Conversation, IdempotencyRecord, Message, MessageFeedback
 from core.models import User
 from core.services import api_key_issue, api_key_revoke
 from resilience import abuse_tools as tools
@@ -36,52 +33,9 @@ ALL_SCOPES = ["chat", "conversations:read", "analytics:read", "admin"]
 WS_NO_OBJECT = {"ping", "unsubscribe"}
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with run_fake_upstream() as base_url:
-        yield base_url
-
-
-@pytest.fixture
-def platform(settings, upstream):
-    """The fake upstream as provider "fake", an "echo" model as the default, no rate limit in the way."""
-    settings.MODEL_PROVIDERS = {
-        **settings.MODEL_PROVIDERS,
-        "fake": {
-            "kind": "openai",
-            "base_url": upstream,
-            "api_key": "",
-            "connect_timeout": 1.0,
-            "read_timeout": 5.0,
-            "retries": 0,
-        },
-    }
-    settings.CHAT_DEFAULT_MODEL = "echo"
-    settings.RATE_LIMITS = {"premium": 100_000, "regular": 100_000, "anonymous": 100_000}
-    settings.AUTH_RATE_LIMITS = ["100000/s"]
-    LanguageModel.objects.create(name="echo", provider="fake", upstream_model="echo", context_window=4096)
-    return settings
-
-
-@pytest.fixture
-async def _generations_stopped():
-    yield
-    for generation in list(streaming._running.values()):
-        generation.cancel("test teardown")
-        if generation.task is not None:
-            await asyncio.wait({generation.task}, timeout=5)
-    await close_http_client()
-
-
-class KeyClient(AsyncClient):
-    def __init__(self, plaintext: str) -> None:
-        super().__init__()
-        self.key = plaintext
-
-    def generic(self, method, path, *args, headers=None, **kwargs):
-        return super().generic(
-            method, path, *args, headers={"Authorization": f"Bearer {self.key}", **(headers or {})}, **kwargs
-        )
+upstream = tools.upstream
+fake_platform = tools.fake_platform
+generations_stopped = tools.generations_stopped
 
 
 def seed_owner() -> User:
@@ -175,7 +129,7 @@ def id_fields(schema: dict, operation: tools.Operation) -> list[str]:
 # --- 1. object-level authorization ------------------------------------------------------------
 
 
-async def test_abuse1_user_b_gets_404_for_everything_of_user_a(platform, record_property, _generations_stopped):
+async def test_abuse1_user_b_gets_404_for_everything_of_user_a(fake_platform, record_property, generations_stopped):
     """Every operation of the schema (which must list every /api/ and /v1/ route), with
     each of A's ids and random ids in each id slot (path, query, body), by API key and
     by session: 404 every time, and no response to B ever shows A's data."""
@@ -194,7 +148,7 @@ async def test_abuse1_user_b_gets_404_for_everything_of_user_a(platform, record_
     session = AsyncClient()
     await session.aforce_login(b)
     failures, requests, lists = [], 0, 0
-    for client_name, client in (("key", KeyClient(b_key)), ("session", session)):
+    for client_name, client in (("key", tools.key_client(b_key)), ("session", session)):
         for operation in tools.operations(schema):
             path_ids = integer_params(operation, "path")
             query_ids = integer_params(operation, "query")
@@ -351,7 +305,7 @@ def owned_object_for(param: str, own: dict[str, int]) -> int:
     return matches[0]
 
 
-async def test_abuse2_mass_assignment_changes_nothing(platform, record_property, _generations_stopped):
+async def test_abuse2_mass_assignment_changes_nothing(fake_platform, record_property, generations_stopped):
     """Every writable operation (POST/PUT/PATCH in the schema) and the WebSocket send,
     on B's own objects, with a valid body plus every field a client must not set
     (owner, tier, staff, timestamps, token counts, status...): the request does what it
@@ -362,7 +316,7 @@ async def test_abuse2_mass_assignment_changes_nothing(platform, record_property,
     a_conversation = await sync_to_async(lambda: Conversation.objects.filter(user=owner).first().pk)()
     a_message = await sync_to_async(lambda: Message.objects.filter(conversation__user=owner).first().pk)()
     injected_all = forbidden_fields(owner, a_conversation, a_message)
-    client = KeyClient(b_key)
+    client = tools.key_client(b_key)
     problems, count, fields = [], 0, 0
     for operation in tools.operations(schema):
         if operation.method.lower() not in tools.WRITE_METHODS:
