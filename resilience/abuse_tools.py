@@ -79,6 +79,11 @@ def operations(schema: dict) -> list[Operation]:
 def api_routes() -> set[str]:
     """Every /api/ and /v1/ route of the URL resolver, as OpenAPI-style templates
     (``<int:conversation_id>`` → ``{conversation_id}``); catch-all 404 routes left out."""
+    return {route for route in all_routes() if route.startswith(("/api/", "/v1/")) and route not in NOT_OPERATIONS}
+
+
+def all_routes() -> set[str]:
+    """Every route of the URL resolver written with ``path()``, as a template."""
     from django.urls import URLPattern, URLResolver, get_resolver
     from django.urls.resolvers import RoutePattern
 
@@ -95,7 +100,7 @@ def api_routes() -> set[str]:
                 found.add("/" + _template(route))
 
     walk(get_resolver().url_patterns, "")
-    return {route for route in found if route.startswith(("/api/", "/v1/")) and route not in NOT_OPERATIONS}
+    return found
 
 
 def _template(route: str) -> str:

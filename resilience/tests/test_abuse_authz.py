@@ -372,3 +372,71 @@ async def websocket_send_with_forbidden_fields(b: User, b_key: str, owner: User,
     await ws.disconnect()
     after = await sync_to_async(tools.snapshot)(b.pk)
     return [f"WS send: {f}" for f in injected_values_found(before, after, injected)]
+
+
+# --- 4. CSRF on session-authenticated writes ------------------------------------------------
+
+FOREIGN_ORIGIN = "https://evil.example"
+
+
+async def test_abuse4_session_writes_need_a_csrf_token_and_our_origin(
+    fake_platform, record_property, generations_stopped
+):
+    """A browser session (CSRF checks on, as in real browsers) on every unsafe operation
+    of the schema: no token, a wrong token, or the right token from a foreign Origin are
+    403 and change nothing; the right token from our origin gets past the check. HTML
+    forms (sign-in, sign-out...) refuse a POST without a token too."""
+    schema = await sync_to_async(tools.openapi_schema)()
+    b, _, own = await sync_to_async(seed_intruder)()
+    client = AsyncClient(enforce_csrf_checks=True)
+    await client.aforce_login(b)
+    await client.get("/accounts/login/")
+    token = client.cookies["csrftoken"].value
+    unsafe = [op for op in tools.operations(schema) if op.method in ("POST", "PUT", "PATCH", "DELETE")]
+    values = {**tools.DEFAULT_VALUES, "model": "echo"}
+    refused, problems = 0, []
+    before = await sync_to_async(tools.snapshot)(b.pk)
+    for operation in unsafe:
+        url = operation.url(**{p["name"]: owned_object_for(p["name"], own) for p in operation.params_in("path")})
+        body_schema = operation.body_schema(schema)
+        body = json.dumps(tools.example(schema, body_schema, values) if body_schema else {})
+        attempts = {
+            "no token": {},
+            "wrong token": {"X-CSRFToken": "x" * 64},
+            "foreign origin": {"X-CSRFToken": token, "Origin": FOREIGN_ORIGIN},
+            "null origin": {"X-CSRFToken": token, "Origin": "null"},
+        }
+        for name, headers in attempts.items():
+            response = await client.generic(
+                operation.method, url, body, content_type="application/json", headers=headers
+            )
+            refused += 1
+            if response.status_code != 403 or "csrf" not in response.content.decode().lower():
+                problems.append(f"{operation} {name}: {response.status_code} {response.content[:120]!r}")
+    if await sync_to_async(tools.snapshot)(b.pk) != before:
+        problems.append("a refused write changed B's rows")
+
+    accepted = 0
+    for operation in sorted(unsafe, key=lambda op: op.method == "DELETE"):  # deletions last
+        url = operation.url(**{p["name"]: owned_object_for(p["name"], own) for p in operation.params_in("path")})
+        body_schema = operation.body_schema(schema)
+        body = json.dumps(tools.example(schema, body_schema, values) if body_schema else {})
+        response = await client.generic(
+            operation.method, url, body, content_type="application/json", headers={"X-CSRFToken": token}
+        )
+        await read_body(response)
+        accepted += 1
+        if response.status_code == 403 or response.status_code >= 500:
+            problems.append(f"{operation} with the token: {response.status_code} {response.content[:120]!r}")
+
+    pages = sorted(r for r in tools.all_routes() if not r.startswith(("/api/", "/v1/")) and "{" not in r)
+    for path in pages:  # sign-in, sign-out, password forms, the admin...
+        response = await client.post(path, {"username": b.email, "password": "pw-b-123456"})
+        if not 400 <= response.status_code < 500:  # 403, or refused before CSRF matters (405, 415)
+            problems.append(f"HTML POST {path} without a token: {response.status_code}")
+    assert not problems, "\n".join(problems)
+    record_property(
+        "figure",
+        f"{refused} session writes without a valid token or from a foreign origin, all 403; "
+        f"{accepted} with the token accepted; POST without a token to {len(pages)} pages refused (4xx)",
+    )
