@@ -4,7 +4,10 @@ resource bounds, check --deploy and security headers on every response."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 
 import httpx
@@ -16,6 +19,7 @@ from resilience import abuse_tools as tools
 pytestmark = pytest.mark.server
 
 upstream = tools.upstream
+fake_platform = tools.fake_platform
 WORKERS = 2 if os.environ.get("REDIS_URL") else 1  # several workers need Redis to share limits
 
 
@@ -134,3 +138,326 @@ def test_abuse3_behind_a_trusted_proxy_only_its_own_entry_counts(prepared, tmp_p
     assert other.status_code == 200 and other.headers["RateLimit-Remaining"] == "9"
     assert ips == {"203.0.113.7", "203.0.113.8"}, ips
     record_property("figure", f"{len(FORGED)} forged prefixes before the proxy's entry: {allowed} allowed, one bucket")
+
+
+# --- helpers for a live server ------------------------------------------------------------------
+
+
+def sign_in(live) -> str:
+    """A real sign-in through the form; the session cookie's value."""
+    page = httpx.get(f"{live.url}/accounts/login/")
+    token = page.cookies["csrftoken"]
+    response = httpx.post(
+        f"{live.url}/accounts/login/",
+        data={"username": live.email, "password": live.password, "csrfmiddlewaretoken": token},
+        headers={"Cookie": f"csrftoken={token}"},
+    )
+    assert response.status_code == 302, response.text[:300]
+    return response.cookies["sessionid"]
+
+
+def shell(env: dict[str, str], code: str):
+    """Run Python in ``manage.py shell`` on the served database; its last printed line, as JSON."""
+    return json.loads(manage("shell", "-c", code, env=env).strip().splitlines()[-1])
+
+
+BAD_KEYS_CODE = """
+import json
+from datetime import timedelta
+from django.utils import timezone
+from core.models import User
+from core.services import api_key_issue, api_key_revoke
+owner = User.objects.get(email="live@example.com")
+scopes = ["chat", "conversations:read", "analytics:read", "admin"]
+revoked, revoked_text = api_key_issue(user=owner, name="revoked", scopes=scopes)
+api_key_revoke(key=revoked)
+_, expired = api_key_issue(user=owner, name="expired", scopes=scopes, expires_at=timezone.now() - timedelta(seconds=1))
+import uuid
+inactive = User.objects.create_user(email=f"inactive-{uuid.uuid4().hex}@example.com", password="x" * 12, is_active=False)
+_, inactive_text = api_key_issue(user=inactive, name="inactive", scopes=scopes)
+print(json.dumps({"revoked": revoked_text, "expired": expired, "inactive owner": inactive_text}))
+"""
+
+
+def invalid_keys(live) -> dict[str, str]:
+    """One key of every kind that must not work, all answered alike."""
+    from core import keys
+
+    valid = live.key
+    body = valid[: keys.PREFIX_LENGTH] + "A" * keys.SECRET_LENGTH
+    return {
+        "truncated": valid[:-3],
+        "bad checksum": valid[:-1] + ("A" if valid[-1] != "A" else "B"),
+        "wrong secret": body + keys._checksum(body),
+        "unknown prefix": keys.generate().plaintext,
+        **shell(live.env, BAD_KEYS_CODE),
+        "garbage": "garbage-!#$%&'*+-.^_`|~",
+        "overlong": valid + "x" * 4000,
+        "empty bearer": "",
+    }
+
+
+# --- 4. WebSocket handshakes: Origin ------------------------------------------------------------
+
+ORIGINS = {
+    "none": None,
+    "ours": "http://127.0.0.1:8000",
+    "ours by name": "https://localhost",
+    "foreign": "https://evil.example",
+    "null": "null",
+    "ours as a subdomain": "http://127.0.0.1.evil.example",
+    "ours in the path": "http://evil.example/127.0.0.1",
+    "look-alike": "http://localhost.evil.example",
+}
+# (credentials, origin) → expected: "ready", "4401" (accepted, then closed) or "refused" (HTTP 403).
+EXPECTED = {
+    ("session", "ours"): "ready",
+    ("session", "ours by name"): "ready",
+    ("key", "none"): "ready",  # programs send no Origin
+    ("key", "ours"): "ready",
+    ("key", "ours by name"): "ready",
+    ("nothing", "ours"): "4401",
+    ("nothing", "ours by name"): "4401",
+}
+
+
+async def handshake(live, credentials: dict[str, str], origin: str | None) -> str:
+    import websockets
+
+    headers = dict(credentials)
+    if origin is not None:
+        headers["Origin"] = origin
+    try:
+        async with websockets.connect(live.ws_url, additional_headers=headers, open_timeout=10) as ws:
+            try:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            except websockets.ConnectionClosed as closed:
+                return str(closed.rcvd.code)
+            return first["type"]
+    except websockets.InvalidStatus as refused:
+        return "refused" if refused.response.status_code == 403 else f"HTTP {refused.response.status_code}"
+
+
+async def test_abuse4_websocket_handshakes_need_our_origin(prepared, tmp_path, record_property):
+    """Every pairing of credentials (session cookie, API key, none) and Origin (none,
+    ours, foreign, null, look-alikes): a cookie needs one of our origins, a key may come
+    without one, and a foreign or null Origin is refused whatever the credentials."""
+    with tools.serve(prepared, workers=WORKERS, log_path=tmp_path / "server.log") as live:
+        session = await asyncio.to_thread(sign_in, live)
+        credentials = {
+            "session": {"Cookie": f"sessionid={session}"},
+            "key": {"Authorization": f"Bearer {live.key}"},
+            "nothing": {},
+        }
+        results = {
+            (who, name): await handshake(live, headers, origin)
+            for who, headers in credentials.items()
+            for name, origin in ORIGINS.items()
+        }
+    wrong = {case: got for case, got in results.items() if got != EXPECTED.get(case, "refused")}
+    assert not wrong, wrong
+    refused = list(results.values()).count("refused")
+    record_property(
+        "figure",
+        f"{len(results)} handshakes: {refused} refused (foreign, null, look-alike or missing Origin with a cookie), rest as expected",
+    )
+
+
+# --- 5. API keys --------------------------------------------------------------------------------
+
+
+PROBES = [
+    ("GET", "/api/me", None),
+    ("GET", "/api/conversations", None),
+    ("POST", "/api/chat", {"content": "probe", "model": "echo"}),
+    ("GET", "/api/messages/1/stream", None),
+    ("GET", "/v1/models", None),
+    ("POST", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "probe"}]}),
+]
+
+
+def answer(response: httpx.Response) -> tuple:
+    return response.status_code, response.content, response.headers.get("WWW-Authenticate")
+
+
+async def test_abuse5_invalid_keys_of_every_kind_are_answered_alike(prepared, tmp_path, record_property):
+    """Truncated, bad checksum, wrong secret, unknown, revoked, expired, inactive owner,
+    garbage, overlong and empty keys, as a bearer token and as X-API-Key, on each kind of
+    endpoint (DRF, async, SSE, OpenAI-compatible, WebSocket): one answer per endpoint."""
+    import websockets
+
+    with tools.serve(
+        prepared, {"RATE_LIMIT_ANONYMOUS": "100000"}, workers=WORKERS, log_path=tmp_path / "s.log"
+    ) as live:
+        bad = await asyncio.to_thread(invalid_keys, live)
+        answers: dict[str, set] = {}
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            for method, path, body in PROBES:
+                for key in bad.values():
+                    variants = [{"Authorization": f"Bearer {key}".strip()}]
+                    if key:  # an empty X-API-Key is no key at all
+                        variants.append({"X-API-Key": key})
+                    for headers in variants:
+                        response = await client.request(method, path, json=body, headers=headers)
+                        answers.setdefault(f"{method} {path}", set()).add(answer(response))
+        closes = set()
+        for key in bad.values():
+            async with websockets.connect(
+                live.ws_url, additional_headers={"Authorization": f"Bearer {key}".strip()}
+            ) as ws:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+                closes.add(closed.value.rcvd.code)
+    varied = {endpoint: got for endpoint, got in answers.items() if len(got) != 1}
+    assert not varied, varied
+    assert all(next(iter(got))[0] == 401 for got in answers.values())
+    assert closes == {4401}
+    record_property(
+        "figure",
+        f"{len(bad)} kinds of invalid key × 2 headers × {len(PROBES)} endpoints: one 401 body per endpoint; WebSocket 4401 for all",
+    )
+
+
+def database_text(env: dict[str, str]) -> str:
+    """Every row of every table of the served database, as text."""
+    if "DATABASE_URL" in env:
+        import psycopg
+
+        with psycopg.connect(env["DATABASE_URL"].replace("postgres://", "postgresql://")) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            return "\n".join(str(row) for table in tables for row in conn.execute(f'SELECT t::text FROM "{table}" t'))
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(env["SQLITE_PATH"])) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return "\n".join(str(row) for table in tables for row in conn.execute(f'SELECT * FROM "{table}"'))
+
+
+def redis_text(url: str | None) -> bytes:
+    """Every key and value in the Redis database the server used."""
+    if not url:
+        return b""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    found = []
+    for name in client.scan_iter(count=1000):
+        found.append(name)
+        kind = client.type(name)
+        if kind == b"string":
+            found.append(client.get(name) or b"")
+        elif kind == b"list":
+            found += client.lrange(name, 0, -1)
+        elif kind == b"hash":
+            found += [b"%s=%s" % pair for pair in client.hgetall(name).items()]
+        elif kind in (b"set", b"zset"):
+            found += list(client.smembers(name)) if kind == b"set" else client.zrange(name, 0, -1)
+    client.close()
+    return b"\n".join(found)
+
+
+def secrets_of(plaintexts) -> list[str]:
+    """What must never be stored or logged: each key, and its secret part alone."""
+    from core import keys
+
+    needles = []
+    for text in plaintexts:
+        if len(text) >= keys.KEY_LENGTH:
+            needles += [text, text[keys.PREFIX_LENGTH : keys.PREFIX_LENGTH + keys.SECRET_LENGTH]]
+    return needles
+
+
+async def test_abuse5_no_plaintext_key_in_the_database_redis_or_logs(prepared, tmp_path, record_property):
+    """Keys issued (by command and API), used (bearer, X-API-Key, REST, SSE, OpenAI API,
+    WebSocket), revoked and used again, and near-miss keys tried, on a server logging at
+    debug level: no key and no key's secret part appears in any table's text, in Redis,
+    or in any log line."""
+    import websockets
+
+    extra = {"LOG_LEVEL": "debug", "RATE_LIMIT_REGULAR": "100000"}
+    with tools.serve(prepared, extra, workers=WORKERS, log_path=tmp_path / "server.log") as live:
+        bad = await asyncio.to_thread(invalid_keys, live)
+        issued = [live.key]
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            admin = {"Authorization": f"Bearer {live.key}"}
+            for n in range(2):
+                created = await client.post(
+                    "/api/keys", json={"name": f"issued {n}", "scopes": ["chat", "admin"]}, headers=admin
+                )
+                assert created.status_code == 201
+                issued.append(created.json()["key"])
+            uses = [
+                ("GET", "/api/me", None),
+                ("POST", "/api/chat", {"content": "hello", "model": "echo"}),
+                ("POST", "/api/chat", {"content": "stream", "model": "echo", "stream": True}),
+                ("POST", "/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}),
+                ("GET", "/v1/models", None),
+                ("GET", "/api/keys", None),
+            ]
+            for key in issued[1:]:
+                for method, path, body in uses:
+                    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+                        assert (await client.request(method, path, json=body, headers=headers)).status_code < 300
+            async with websockets.connect(
+                live.ws_url, additional_headers={"Authorization": f"Bearer {issued[1]}"}
+            ) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "send", "content": "over the socket", "model": "echo"}))
+                while json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] != "done":
+                    pass
+            key_id = (await client.get("/api/keys", headers=admin)).json()[0]["id"]
+            assert (await client.delete(f"/api/keys/{key_id}", headers=admin)).status_code == 204
+            for key in [*issued, *bad.values()]:
+                await client.get("/api/me", headers={"Authorization": f"Bearer {key}".strip()})
+        log = live.server.log()
+    needles = secrets_of([*issued, *bad.values()])
+    stored = database_text(live.env)
+    cached = redis_text(os.environ.get("REDIS_URL"))
+    assert "afk_" in stored, "the scan must see the keys' public prefixes"
+    found = [n[:12] + "…" for n in needles if n in stored or n.encode() in cached or n in log]
+    assert not found, found
+    lines = len(log.splitlines())
+    record_property(
+        "figure",
+        f"{len(needles)} secrets (keys and secret parts) searched in {len(stored) // 1024} KB of table text, "
+        f"{len(cached) // 1024} KB of Redis and {lines} debug log lines: 0 found",
+    )
+
+
+def test_abuse5_no_plaintext_key_in_any_log_record(caplog, fake_platform, record_property):
+    """In process, every logger at DEBUG: issuing keys (service, API, command), using them,
+    using invalid ones and revoking leaves no key in any log record, formatted as the
+    platform formats them (JSON with every extra field)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from rest_framework.test import APIClient
+
+    from core.logging import JSONFormatter
+    from core.models import User
+    from core.services import api_key_issue
+
+    caplog.set_level(logging.DEBUG)
+    owner = User.objects.create_user(email="logs@example.com", password="pw-logs-123")
+    _, first = api_key_issue(user=owner, name="service", scopes=["chat", "conversations:read", "admin"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {first}")
+    second = client.post("/api/keys", {"name": "api"}, format="json").json()["key"]
+    out = StringIO()
+    call_command("issuekey", "logs@example.com", "--scopes", "chat", stdout=out)
+    third = out.getvalue().strip()
+    for key in (first, second, third):
+        for headers in ({"HTTP_AUTHORIZATION": f"Bearer {key}"}, {"HTTP_X_API_KEY": key}):
+            APIClient().get("/api/me", **headers)
+            APIClient().get("/api/conversations", **headers)
+    near_misses = [first[:-1] + ("A" if first[-1] != "A" else "B"), first[:-3], second + "x"]
+    for key in near_misses:
+        assert APIClient().get("/api/me", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 401
+    key_id = client.get("/api/keys").json()[0]["id"]
+    client.delete(f"/api/keys/{key_id}")
+    formatter = JSONFormatter()
+    text = "\n".join(formatter.format(record) for record in caplog.records)
+    needles = secrets_of([first, second, third, *near_misses])
+    assert caplog.records, "nothing was logged: the scan would prove nothing"
+    assert not [n[:12] for n in needles if n in text]
+    record_property("figure", f"{len(needles)} secrets in {len(caplog.records)} log records at DEBUG: 0 found")
