@@ -235,6 +235,12 @@ def _paths() -> dict:
                 "A new reply to the same user message.",
                 _send_responses("RegenerateResponse"),
                 parameters=message_id,
+                requestBody={
+                    "required": False,
+                    "content": _json(
+                        {"type": "object", "properties": {"stream": {"type": "boolean", "default": False}}}
+                    ),
+                },
             )
         },
         "/api/messages/{message_id}/cancel": {

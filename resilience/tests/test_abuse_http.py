@@ -461,3 +461,137 @@ def test_abuse5_no_plaintext_key_in_any_log_record(caplog, fake_platform, record
     assert caplog.records, "nothing was logged: the scan would prove nothing"
     assert not [n[:12] for n in needles if n in text]
     record_property("figure", f"{len(needles)} secrets in {len(caplog.records)} log records at DEBUG: 0 found")
+
+
+# --- 6. resource bounds -------------------------------------------------------------------------
+
+SEED_CODE = """
+import json
+from chat.models import Conversation, Message
+from core.models import User
+owner = User.objects.get(email="live@example.com")
+Conversation.objects.bulk_create([Conversation(user=owner, title=f"c{n}", model_name="echo") for n in range(150)])
+big = Conversation.objects.create(user=owner, title="big", model_name="echo")
+Message.objects.bulk_create([Message(conversation=big, role="user", content=f"m{n}") for n in range(599)])
+reply = Message.objects.create(conversation=big, role="assistant", content="r", model_name="echo")
+print(json.dumps({"conversation_id": big.pk, "message_id": reply.pk, "key_id": 1, "name": "echo"}))
+"""
+MB = 1024 * 1024
+
+
+def json_operations(schema: dict) -> list[tools.Operation]:
+    """Operations that take a JSON body (optional ones included)."""
+    return [
+        op for op in tools.operations(schema) if "application/json" in op.spec.get("requestBody", {}).get("content", {})
+    ]
+
+
+def hostile_bodies() -> dict[str, bytes]:
+    """Bodies that must be refused with a 400."""
+    return {
+        "nested arrays 100k deep": b"[" * 100_000 + b"]" * 100_000,
+        "nested objects 50k deep": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "nested 1,025 deep": b'{"content":' + b"[" * 1025 + b"]" * 1025 + b"}",
+        "invalid UTF-8": b'{"content": "\xff\xfe\xfd", "title": "\xc3\x28"}',
+        "overlong UTF-8": b'{"content": "\xc0\xaf"}',
+        "UTF-16 surrogate bytes": b'{"content": "\xed\xa0\x80"}',
+        "lone surrogate escape": b'{"content": "\\ud800"}',
+        "raw NUL": b'{"content": "a\x00b"}',
+        "escaped NUL": b'{"content": "a\\u0000b", "name": "n", "title": "t"}',
+        "NUL in a key": b'{"con\\u0000tent": "x"}',
+        "truncated": b'{"content": "x',
+        "NaN": b'{"content": NaN}',
+    }
+
+
+def odd_bodies(schema: dict, operation: tools.Operation) -> dict[str, bytes]:
+    """Bodies that may be valid or not, but never a 5xx: a value nested 1,000 deep (just
+    under the parser's limit) in each property, huge numbers, the wrong JSON type."""
+    deep = "[" * 1000 + "]" * 1000
+    bodies = {
+        "empty": b"",  # DRF reads an empty body as {}, whose fields may all be optional
+        "null": b"null",
+        "array": b"[1, 2]",
+        "string": b'"content"',
+        "huge number": b'{"content": "x", "max_tokens": 1e400, "temperature": 1e400}',
+        "huge integer": b'{"content": "x", "max_tokens": 100000000000000000000000000000}',
+    }
+    for name in sorted(tools.body_properties(schema, operation) | {"content", "model", "messages"}):
+        bodies[f"{name} nested 1,000 deep"] = f'{{"{name}": {deep}, "content": "x"}}'.encode()
+    return bodies
+
+
+def is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/json")
+
+
+def test_abuse6_resource_bounds(prepared, tmp_path, record_property):
+    """page_size=10**6 is clamped on every paged list; a 3 MB body (declared or chunked)
+    is a JSON 413 on every JSON endpoint; deep nesting, invalid UTF-8, surrogates and NUL
+    bytes are JSON 400s, and nothing hostile in a body, query or path is ever a 5xx."""
+    extra = {"RATE_LIMIT_REGULAR": "100000", "RATE_LIMIT_ANONYMOUS": "100000", "AUTH_RATE_LIMITS": "100000/s"}
+    with tools.serve(prepared, extra, workers=WORKERS, log_path=tmp_path / "server.log") as live:
+        own = shell(live.env, SEED_CODE)
+        schema = httpx.get(f"{live.url}/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"}).json()
+        client = httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.key}"}, timeout=60)
+        problems, clamped = [], {}
+
+        for op in tools.operations(schema):
+            if op.method != "GET" or "page_size" not in {p["name"] for p in op.params_in("query")}:
+                continue
+            url = op.url(**{p["name"]: own[p["name"]] for p in op.params_in("path")})
+            response = client.get(url, params={"page_size": 10**6})
+            size = len(response.json().get("results", [])) if response.status_code == 200 else None
+            clamped[str(op)] = size
+            if size is None or not 0 < size < 600:  # 151 conversations, 600 messages exist
+                problems.append(f"{op} page_size=10**6: {response.status_code} {size}")
+            for odd in (10**30, -1, 0, "abc", "1e6", "", "\x00", "９"):
+                response = client.get(url, params={"page_size": odd})
+                if response.status_code not in (200, 400) or not is_json(response):
+                    problems.append(f"{op} page_size={odd!r}: {response.status_code}")
+
+        slowest = 0.0
+        for op in json_operations(schema):
+            url = op.url(**{p["name"]: own[p["name"]] for p in op.params_in("path")})
+            big = b'{"content": "' + b"x" * (3 * MB) + b'"}'
+            for how, content in (
+                ("declared", big),
+                ("chunked", iter([big[i : i + 65536] for i in range(0, len(big), 65536)])),
+            ):
+                response = client.request(op.method, url, content=content, headers={"Content-Type": "application/json"})
+                slowest = max(slowest, response.elapsed.total_seconds())
+                if response.status_code != 413 or not is_json(response):
+                    problems.append(f"{op} 3 MB {how}: {response.status_code} {response.content[:100]!r}")
+            for name, body in hostile_bodies().items():
+                response = client.request(op.method, url, content=body, headers={"Content-Type": "application/json"})
+                if response.status_code != 400 or not is_json(response):
+                    problems.append(f"{op} {name}: {response.status_code} {response.content[:100]!r}")
+            for name, body in odd_bodies(schema, op).items():
+                response = client.request(op.method, url, content=body, headers={"Content-Type": "application/json"})
+                if response.status_code >= 500 or not is_json(response):
+                    problems.append(f"{op} {name}: {response.status_code} {response.content[:100]!r}")
+
+        queries = 0
+        for op in tools.operations(schema):
+            if op.method != "GET":
+                continue
+            path_values = {p["name"]: own[p["name"]] for p in op.params_in("path")}
+            for param in op.params_in("query"):
+                for value in ("\x00", "a\x00b", "\ufffe", "%ff", "\u202e", "x" * 10_000, "' OR 1=1 --"):
+                    response = client.get(op.url(**path_values), params={param["name"]: value})
+                    queries += 1
+                    if response.status_code >= 500:
+                        problems.append(f"{op} ?{param['name']}={value[:10]!r}: {response.status_code}")
+        for path in ("/v1/models/%00", "/api/models/%00", "/v1/models/%ff%fe", "/api/conversations/%00/messages"):
+            response = client.get(path)
+            queries += 1
+            if response.status_code >= 500 or not is_json(response):
+                problems.append(f"{path}: {response.status_code}")
+        client.close()
+    assert not problems, "\n".join(problems)
+    record_property(
+        "figure",
+        f"page_size=10**6 → {', '.join(f'{k.split()[1]}: {v}' for k, v in clamped.items())}; "
+        f"3 MB → JSON 413 on {len(json_operations(schema))} endpoints (slowest {slowest * 1000:.0f} ms); "
+        f"{len(hostile_bodies())} hostile bodies → 400 each; {queries} hostile queries/paths, no 5xx",
+    )
