@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "core.middleware.XFrameOptionsMiddleware",
     "core.middleware.GZipMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
+    "core.middleware.QueryStringMiddleware",
     "core.middleware.RequestTimeoutMiddleware",
     "core.middleware.SessionMiddleware",
     "core.middleware.CommonMiddleware",

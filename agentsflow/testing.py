@@ -64,6 +64,9 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "--workers",
             str(workers),
             "--no-access-log",
+            # core.net decides who the client is (TRUSTED_PROXIES); uvicorn would
+            # otherwise believe X-Forwarded-For from any loopback peer.
+            "--no-proxy-headers",
             "--lifespan",
             "off",
             "--ws-max-size",
