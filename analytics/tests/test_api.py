@@ -164,6 +164,8 @@ BAD = [
     ("summary", "user=99999999999999999999999", "user"),
     ("timeseries", "metric=happiness", "metric"),
     ("timeseries", "granularity=minute", "granularity"),
+    ("timeseries", "model=" + "x" * 65, "model"),
+    ("timeseries", "model=a%20b", "model"),
     ("timeseries", "granularity=hour&from=2026-01-01&to=2026-06-01", "from"),
     ("breakdown", "by=planet", "by"),
     ("breakdown", "order=latency_p50_ms", "order"),
@@ -235,6 +237,15 @@ def test_timeseries_by_hour(usage):
     ).json()
     assert [p["value"] for p in body["points"]] == [45, 0, 15]
     assert body["points"][0]["t"] == "2026-11-10T10:00:00+01:00"
+
+
+def test_timeseries_of_one_model(usage):
+    query = "metric=requests&from=2026-11-09&to=2026-11-12&model=alpha"
+    everyone = _get(usage["clients"]["staff"], "timeseries", query).json()
+    assert everyone["model"] == "alpha"
+    assert [p["value"] for p in everyone["points"]] == [0, 3, 2, 0]
+    alice = _get(usage["clients"]["alice"], "timeseries", query.replace("alpha", "beta")).json()
+    assert [p["value"] for p in alice["points"]] == [0, 1, 0, 0]
 
 
 def test_breakdown_by_model_and_key(usage):

@@ -7,7 +7,7 @@ def test_analytics_endpoints_are_documented_with_their_parameters_and_errors(cli
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     expected = {
         "summary": {"from", "to", "user", "granularity"},
-        "timeseries": {"metric", "granularity", "from", "to", "user"},
+        "timeseries": {"metric", "model", "granularity", "from", "to", "user"},
         "breakdown": {"by", "order", "limit", "granularity", "from", "to", "user"},
         "export": {"format", "by", "granularity", "from", "to", "user"},
     }
