@@ -68,6 +68,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {report.granularity}: {report.buckets} buckets, {report.rows} rows")
 
         for report in rollup.rollup(since=since, on_chunk=progress):
+            if verbosity < 1:
+                continue
             self.stdout.write(
                 f"{report.granularity}: {report.buckets} buckets from {report.start:%Y-%m-%d %H:%M} "
                 f"({report.rows} rows); final before {report.final_before:%Y-%m-%d %H:%M} UTC"
