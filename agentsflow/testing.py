@@ -19,6 +19,20 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+ARTIFACTS = BASE_DIR / "test-artifacts"  # screenshots from the browser tests
+
+# Debian's Chromium, driven by Playwright (which downloads no browser of its own).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_MISSING = not Path(CHROMIUM).exists()
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -51,6 +65,9 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "--workers",
             str(workers),
             "--no-access-log",
+            # core.net decides who the client is (TRUSTED_PROXIES); uvicorn would
+            # otherwise believe X-Forwarded-For from any loopback peer.
+            "--no-proxy-headers",
             "--lifespan",
             "off",
             "--ws-max-size",
@@ -97,8 +114,13 @@ def run_server(
     log_path: Path | None = None,
     ready_path: str = "/health",
     timeout: float = 30.0,
+    cwd: Path = BASE_DIR,
 ) -> Iterator[Server]:
-    """Start a server process on a free loopback port; stop it (and its workers) on exit."""
+    """Start a server process on a free loopback port; stop it (and its workers) on exit.
+
+    ``cwd`` is the checkout the server imports the project from (benchmarks run
+    an older checkout next to this one to compare them).
+    """
     port = free_port()
     full_env = {**os.environ, **(env or {})}
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -107,7 +129,7 @@ def run_server(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             server_command(kind, port, workers),
-            cwd=BASE_DIR,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
