@@ -104,7 +104,9 @@ def run_platform(env: dict[str, str], *, wsgi_workers: int | None = None) -> Ite
             env,
             wsgi_workers=wsgi_workers,
             asgi_workers=ASGI_WORKERS,
-            nginx={"api_rate": None, "auth_rate": None},  # measure the platform, not nginx's shield
+            # Measure the platform, not nginx's per-address shield (all load comes from one address;
+            # the 256-connection limit would refuse most of the held WebSockets).
+            nginx={"api_rate": None, "auth_rate": None, "conn_limit": None},
             collectstatic=False,
         ) as stack:
             yield Platform(
