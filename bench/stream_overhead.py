@@ -257,21 +257,11 @@ class Runner:
 # --- servers ----------------------------------------------------------------------------
 
 
-def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
-    models = [
-        {
-            "name": "bench",
-            "provider": "fake",
-            "upstream_model": f"tokens-{tokens}",
-            "context_window": 8192,
-            "max_output_tokens": tokens,
-        }
-    ]
+def production_env(tmp: Path, setup: str) -> dict[str, str]:
+    """A server's environment: production settings on loopback, limits lifted, and
+    SQLite + memory (``embedded``) or a fresh PostgreSQL database + Redis (``services``)."""
     env = {
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        "EXTRA_PROVIDERS": "fake",
-        "FAKE_BASE_URL": upstream,
-        "AGENTSFLOW_MODELS": json.dumps(models),
         # Production settings, as deployed (plain HTTP on loopback, so no SSL redirect).
         "AGENTSFLOW_ENV": "production",
         "SECRET_KEY": "stream-overhead-" + "k" * 60,
@@ -289,6 +279,20 @@ def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str,
     else:
         env.update(fresh_database_env("services", tmp))
         env["REDIS_URL"] = os.environ["REDIS_URL"]
+    return env
+
+
+def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
+    """``production_env`` with a model "bench" that streams ``tokens`` tokens from the fake upstream."""
+    model = {
+        "name": "bench",
+        "provider": "fake",
+        "upstream_model": f"tokens-{tokens}",
+        "context_window": 8192,
+        "max_output_tokens": tokens,
+    }
+    env = production_env(tmp, setup)
+    env.update(EXTRA_PROVIDERS="fake", FAKE_BASE_URL=upstream, AGENTSFLOW_MODELS=json.dumps([model]))
     return env
 
 
