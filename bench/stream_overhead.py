@@ -453,6 +453,12 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         f"production settings; {args.rounds} interleaved rounds after a warm-up round.",
         "",
     ]
+    if args.baseline:
+        lines += [
+            f"before = the platform at git `{args.baseline}`, after = this checkout ({machine['commit']}), "
+            "run side by side in the same rounds.",
+            "",
+        ]
     for mode in summary:
         if mode == "sequential":
             lines += ["## One stream at a time", ""]
@@ -522,7 +528,9 @@ def main(argv: list[str] | None = None) -> None:
         "--concurrency", type=int, default=20, help="streams at once in the concurrent variant (1: skip)"
     )
     parser.add_argument("--concurrent-rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="", help="also run the platform at this git ref, for before/after")
+    parser.add_argument(
+        "--baseline", default="", help="also run the platform at this git ref (rows 'before'; this checkout 'after')"
+    )
     parser.add_argument("--setups", default="auto", help="embedded, services, or auto (services when env is set)")
     parser.add_argument("--output", default=str(RESULTS / "stream_overhead"), help="path without extension")
     args = parser.parse_args(argv)
@@ -539,14 +547,14 @@ def main(argv: list[str] | None = None) -> None:
         upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=args.tokens))
         checkouts = [("", BASE_DIR)]
         if args.baseline:
-            checkouts.insert(0, ("/" + args.baseline, stack.enter_context(baseline_checkout(args.baseline))))
+            checkouts.insert(0, ("/before", stack.enter_context(baseline_checkout(args.baseline))))
         servers = []
         for setup in setups:
             (tmp / setup).mkdir()
             env = platform_env(upstream, args.tokens, tmp / setup, setup)
             key = prepare_platform(env).key
             for suffix, checkout in checkouts:
-                label = setup + (suffix or ("/this" if args.baseline else ""))
+                label = setup + (suffix or ("/after" if args.baseline else ""))
                 server = stack.enter_context(
                     run_server(env, cwd=checkout, log_path=tmp / f"{label.replace('/', '-')}.log")
                 )
