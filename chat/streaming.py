@@ -50,6 +50,7 @@ ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0  # a running generation says so; the sweeper t
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
 YIELD_EVERY_CHUNKS = 16  # a burst of chunks gives the event loop back this often
+PUBLISH_STALL_SECONDS = 5.0  # a publisher that ships nothing for this long is given up at the end
 
 USER_CANCEL = "cancelled by the user"
 
@@ -83,6 +84,7 @@ class Generation:
         self.final: dict | None = None
         self.done = asyncio.Event()
         self._outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+        self._published = 0  # events shipped to the replay buffer and the channel group
         self._stream_task: asyncio.Task | None = None
         self._last_listener = time.monotonic()
         self.task: asyncio.Task | None = None
@@ -154,6 +156,7 @@ class Generation:
                     await layer.group_send(group, {"type": "chat.events", "packed": b"\n".join(encoded)})
                 except Exception as exc:  # a dead channel layer must not stop the reply
                     logger.warning("channel layer send failed: %s", exc.__class__.__name__)
+            self._published += len(batch)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -220,9 +223,30 @@ class Generation:
                 final["reason"] = self.cancel_reason
             self.final = self._emit("done", **final)
         self._outbox.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(publisher, timeout=5)
+        await self._drain(publisher)
         self.done.set()
+
+    async def _drain(self, publisher: asyncio.Task) -> None:
+        """Wait until the publisher has shipped every event, the final one included.
+
+        Under load it may be seconds behind the model (many replies share one
+        process and one channel-layer connection); cutting it off at a fixed time
+        lost the end of replies for their sockets. It is given up only once it has
+        shipped nothing for PUBLISH_STALL_SECONDS (a stalled Redis).
+        """
+        shipped = -1
+        try:
+            while not publisher.done() and shipped != self._published:
+                shipped = self._published
+                await asyncio.wait({publisher}, timeout=PUBLISH_STALL_SECONDS)
+        except asyncio.CancelledError:  # the server is stopping
+            publisher.cancel()
+            raise
+        if not publisher.done():
+            publisher.cancel()
+            logger.warning("reply %s: publishing stalled, %d events not shipped", self.message_id, self.seq - shipped)
+        elif not publisher.cancelled() and publisher.exception() is not None:
+            logger.warning("reply %s: publishing failed: %r", self.message_id, publisher.exception())
 
     async def _store(self, content, status, usage, latency_ms, ttft_ms, error_text) -> None:
         self._count(status, usage, latency_ms, ttft_ms)
