@@ -5,7 +5,8 @@
 - a minimal valid request body for any operation, built from its schema;
 - who owns which row, found by walking foreign keys up to the user;
 - a real server process in production settings, and what to measure on it:
-  resident memory of its process group, PostgreSQL backends, Redis clients.
+  resident memory of its process group, PostgreSQL backends, sockets to Redis;
+- a raw WebSocket client that can stop reading or send what libraries will not.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +106,6 @@ def all_routes() -> set[str]:
 
 
 def _template(route: str) -> str:
-    import re
-
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
 
 
@@ -344,17 +344,25 @@ def pg_backends(database: str) -> int:
     return int(row[0])
 
 
-def redis_clients(url: str) -> int:
-    """Clients connected to the Redis database ``url`` names (CLIENT LIST), this one excluded."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        me = client.client_id()
-        return sum(1 for c in client.client_list() if int(c.get("db", -1)) == db and int(c["id"]) != me)
-    finally:
-        client.close()
+def connections_to(pgid: int, remote_port: int) -> int:
+    """Open TCP connections from the processes of a group to ``remote_port`` (6379 for
+    Redis): what the server holds, whoever else shares that Redis."""
+    inodes = set()
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].split(":")[1], 16) == remote_port and fields[9] in inodes:
+                    count += 1
+    return count
 
 
 # --- in-process fixtures (test modules bind them by name: ``upstream = tools.upstream``) ------
@@ -538,24 +546,3 @@ def server_side_state(server_port: int, client_port: int) -> str | None:
                 if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
                     return states.get(state, state)
     return None
-
-
-def connections_to(pgid: int, remote_port: int) -> int:
-    """Open TCP connections from the processes of a group to ``remote_port`` (6379 for
-    Redis): what the server holds, whoever else shares that Redis."""
-    inodes = set()
-    for pid in group_pids(pgid):
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[2].split(":")[1], 16) == remote_port and fields[9] in inodes:
-                    count += 1
-    return count
