@@ -207,6 +207,8 @@ class RequestTimingMiddleware(DualModeMiddleware):
         response["X-Process-Time"] = f"{elapsed:.4f}"
         metrics.REQUEST_LATENCY.labels(request.method, f"{response.status_code // 100}xx").observe(elapsed)
         metrics.REQUEST_DB_TIME.observe(stats.db_seconds if stats else 0.0)
+        if stats and stats.queries:
+            metrics.DB_QUERIES.inc(stats.queries)
         metrics.sample_process_memory()
         if settings.ACCESS_LOG:
             access_logger.info(
