@@ -380,6 +380,8 @@ CHAT_STREAM_GRACE_SECONDS = env_float("CHAT_STREAM_GRACE_SECONDS", 30.0, minimum
 CHAT_REPLAY_TTL_SECONDS = env_int("CHAT_REPLAY_TTL_SECONDS", 600, minimum=10)
 CHAT_GENERATION_TIMEOUT = env_float("CHAT_GENERATION_TIMEOUT", 300.0, minimum=1)
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
+# A socket whose client has not taken what was sent for this long is dropped.
+WS_SEND_TIMEOUT = env_float("WS_SEND_TIMEOUT", 10.0, minimum=0.1)
 
 # --- Logging ------------------------------------------------------------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", {"debug", "info", "warning", "error"}).upper()

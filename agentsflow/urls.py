@@ -23,7 +23,10 @@ urlpatterns = [
     path("accounts/login/", core_views.login, name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
+    # GET only: DRF's OPTIONS answer has no template to render here (it was a 500).
+    path(
+        "docs", SpectacularSwaggerSplitView.as_view(url_name="schema", http_method_names=["get", "head"]), name="docs"
+    ),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("core.urls")),
     path("api/", include("chat.urls")),

@@ -28,6 +28,7 @@ from chat.serializers import SendSerializer, content_too_long
 from core import metrics
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
+from core.parsers import too_deep
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -99,8 +100,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except orjson.JSONDecodeError:
             await self._send({"type": "error", "code": "parse_error", "message": "Messages must be JSON objects."})
             return
-        if not isinstance(message, dict):
-            await self._send({"type": "error", "code": "parse_error", "message": "Messages must be JSON objects."})
+        if not isinstance(message, dict) or too_deep(message):  # too deep: validation would recurse
+            await self._send(
+                {"type": "error", "code": "parse_error", "message": "Messages must be JSON objects, not nested deeply."}
+            )
             return
         handler = self.HANDLERS.get(message.get("type"))
         if handler is None:

@@ -79,7 +79,7 @@ class _MessagesField(serializers.ListField):
         for index, item in enumerate(items):
             if not isinstance(item, dict):
                 raise serializers.ValidationError(f"messages[{index}] must be an object.")
-            role = _ROLES.get(item.get("role"))
+            role = _ROLES.get(item.get("role")) if isinstance(item.get("role"), str) else None
             if role is None:
                 raise serializers.ValidationError(
                     f"messages[{index}].role must be one of system, developer, user, assistant."

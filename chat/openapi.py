@@ -26,8 +26,22 @@ def _errors(*codes: int, schema: str = "Error") -> dict:
 
 
 # Events: `start`, `delta` (text), optional `fallback`, then `done` or `error`, each with
-# an increasing `id` (reconnect with `Last-Event-ID`). See docs/streaming.md.
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# an increasing `id` (reconnect with `Last-Event-ID`). See docs/streaming.md. Before
+# OpenAPI 3.2 an event stream's schema describes one event, as its fields.
+_SSE = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "description": "One Server-Sent Event: `data` holds the event as JSON.",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+        }
+    }
+}
 
 _SCHEMAS = {
     "SendRequest": {
@@ -174,11 +188,9 @@ def _op(op_id: str, tag: str, summary: str, responses: dict, **extra) -> dict:
 
 def _send_responses(ok: str) -> dict:
     return {
-        "201": {
-            "description": "The stored reply (or, when streaming, 200 with the event stream).",
-            "content": {**_json(_ref(ok)), **_SSE},
-        },
-        **_errors(400, 401, 403, 404, 413, 415, 429),
+        "200": {"description": "When streaming: the reply's event stream.", "content": _SSE},
+        "201": {"description": "The stored reply.", "content": _json(_ref(ok))},
+        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429),
         **_errors(502, 503, 504, schema="ReplyError"),
     }
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from django.conf import settings
+
+logger = logging.getLogger("agentsflow.errors")
 
 DRAIN_SECONDS = 5.0  # how long the rest of a refused body is read (and thrown away)
 DRAIN_LIMITS = 16  # ... and how much of it, in multiples of the body limit
@@ -84,3 +87,41 @@ async def _drain(receive, most: int) -> None:
                 if message["type"] == "http.disconnect" or not message.get("more_body", False):
                     return
                 most -= len(message.get("body", b""))
+
+
+class WebSocketSendDeadline:
+    """Drop a WebSocket client that stops reading.
+
+    uvicorn waits, without limit, for a socket to drain before each send, and its
+    keepalive's close waits for the buffer to flush too: a client that stopped reading
+    while a long reply streamed kept its socket, its blocked consumer and every event
+    queued for it for ever. A send that waits longer than WS_SEND_TIMEOUT seconds
+    aborts the connection instead (the server's transport, when it exposes one), the
+    consumer hears a disconnect and cleans up, and nothing more is sent to that socket.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        dropped = False
+
+        async def send_within_deadline(message) -> None:
+            nonlocal dropped
+            if dropped:
+                return
+            try:
+                async with asyncio.timeout(settings.WS_SEND_TIMEOUT):
+                    await send(message)
+            except TimeoutError:
+                if dropped:  # another send timed out with this one
+                    return
+                dropped = True
+                logger.warning("websocket client stopped reading for %ss: connection dropped", settings.WS_SEND_TIMEOUT)
+                transport = getattr(getattr(send, "__self__", None), "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+        return await self.app(scope, receive, send_within_deadline)

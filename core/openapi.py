@@ -23,6 +23,7 @@ _DESCRIPTIONS = {
     409: "Conflict with the current state.",
     413: "Request body too large.",
     415: "Unsupported media type.",
+    422: "The Idempotency-Key was already used with a different request.",
     429: "Rate limit or quota exceeded; see Retry-After.",
     500: "Internal error.",
     502: "The model provider failed.",

@@ -5,7 +5,8 @@
 - a minimal valid request body for any operation, built from its schema;
 - who owns which row, found by walking foreign keys up to the user;
 - a real server process in production settings, and what to measure on it:
-  resident memory of its process group, PostgreSQL backends, Redis clients.
+  resident memory of its process group, PostgreSQL backends, sockets to Redis;
+- a raw WebSocket client that can stop reading or send what libraries will not.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +106,6 @@ def all_routes() -> set[str]:
 
 
 def _template(route: str) -> str:
-    import re
-
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
 
 
@@ -344,17 +344,25 @@ def pg_backends(database: str) -> int:
     return int(row[0])
 
 
-def redis_clients(url: str) -> int:
-    """Clients connected to the Redis database ``url`` names (CLIENT LIST), this one excluded."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        me = client.client_id()
-        return sum(1 for c in client.client_list() if int(c.get("db", -1)) == db and int(c["id"]) != me)
-    finally:
-        client.close()
+def connections_to(pgid: int, remote_port: int) -> int:
+    """Open TCP connections from the processes of a group to ``remote_port`` (6379 for
+    Redis): what the server holds, whoever else shares that Redis."""
+    inodes = set()
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].split(":")[1], 16) == remote_port and fields[9] in inodes:
+                    count += 1
+    return count
 
 
 # --- in-process fixtures (test modules bind them by name: ``upstream = tools.upstream``) ------
@@ -417,3 +425,124 @@ def key_client(plaintext: str):
             return super().generic(method, path, *args, headers=headers, **kwargs)
 
     return KeyClient()
+
+
+# --- a raw WebSocket client (for what client libraries will not do) ---------------------------
+
+
+class RawWebSocket:
+    """A blocking WebSocket client over a plain socket: it can shrink its receive
+    buffer and then stop reading, send binary or invalid frames, and report the
+    socket's own port so the server's side of the connection can be looked up."""
+
+    def __init__(self, port: int, headers: dict[str, str], *, receive_buffer: int | None = None) -> None:
+        import base64
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if receive_buffer is not None:  # before connect, so the window is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            "GET /ws/chat/ HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        self.status = int(head.split(b" ", 2)[1])
+
+    @property
+    def local_port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        return data
+
+    def send_frame(self, payload: bytes, opcode: int = 0x1) -> None:
+        import struct
+
+        header = bytes([0x80 | opcode])
+        size = len(payload)
+        if size < 126:
+            header += bytes([0x80 | size])
+        elif size < 65536:
+            header += bytes([0x80 | 126]) + struct.pack("!H", size)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", size)
+        mask = os.urandom(4)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send_json(self, value: dict) -> None:
+        self.send_frame(json.dumps(value).encode())
+
+    def read_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame (server frames are not masked)."""
+        import struct
+
+        while len(self.buffer) < 2:
+            self.buffer += self._recv()
+        opcode, size = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+        start = 2
+        if size == 126:
+            while len(self.buffer) < 4:
+                self.buffer += self._recv()
+            size, start = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif size == 127:
+            while len(self.buffer) < 10:
+                self.buffer += self._recv()
+            size, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        while len(self.buffer) < start + size:
+            self.buffer += self._recv()
+        payload, self.buffer = self.buffer[start : start + size], self.buffer[start + size :]
+        return opcode, payload
+
+    def close_code(self) -> int | None:
+        """Read frames until the server's close frame; its code (None if the socket just ends)."""
+        import struct
+
+        try:
+            while True:
+                opcode, payload = self.read_frame()
+                if opcode == 0x8:
+                    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+        except (ConnectionError, OSError):
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def server_side_state(server_port: int, client_port: int) -> str | None:
+    """The TCP state of the server's end of one loopback connection (/proc/net/tcp),
+    or None once the server has let go of it."""
+    states = {
+        "01": "ESTABLISHED",
+        "04": "FIN_WAIT1",
+        "05": "FIN_WAIT2",
+        "06": "TIME_WAIT",
+        "07": "CLOSE",
+        "08": "CLOSE_WAIT",
+        "0B": "CLOSING",
+        "09": "LAST_ACK",
+    }
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                    return states.get(state, state)
+    return None

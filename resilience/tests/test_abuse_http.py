@@ -9,11 +9,14 @@ import contextlib
 import json
 import logging
 import os
+import re
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from agentsflow.testing import manage, prepare_platform
+from agentsflow.testing import BASE_DIR, Platform, manage, prepare_platform
 from resilience import abuse_tools as tools
 
 pytestmark = pytest.mark.server
@@ -594,4 +597,104 @@ def test_abuse6_resource_bounds(prepared, tmp_path, record_property):
         f"page_size=10**6 → {', '.join(f'{k.split()[1]}: {v}' for k, v in clamped.items())}; "
         f"3 MB → JSON 413 on {len(json_operations(schema))} endpoints (slowest {slowest * 1000:.0f} ms); "
         f"{len(hostile_bodies())} hostile bodies → 400 each; {queries} hostile queries/paths, no 5xx",
+    )
+
+
+# --- 9. deployment checks and security headers ------------------------------------------------------
+
+
+def test_abuse9_check_deploy_is_clean_in_production(prepared, record_property):
+    """``manage.py check --deploy --fail-level WARNING`` with the production settings as
+    deployed (TLS redirect on, the suite's database and Redis)."""
+    env = {k: v for k, v in {**os.environ, **prepared.env}.items() if k != "SECURE_SSL_REDIRECT"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR,
+        env={**env, "DJANGO_SETTINGS_MODULE": "agentsflow.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)" in result.stdout, result.stdout
+    record_property("figure", "check --deploy --fail-level WARNING: no issues (0 silenced)")
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": lambda v: "default-src 'self'" in v and "frame-ancestors 'none'" in v,
+    "X-Content-Type-Options": lambda v: v == "nosniff",
+    "X-Frame-Options": lambda v: v == "DENY",
+    "Referrer-Policy": lambda v: v == "strict-origin-when-cross-origin",
+    "Permissions-Policy": lambda v: "camera=()" in v and "microphone=()" in v,
+}
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def missing_headers(response: httpx.Response) -> list[str]:
+    return [name for name, ok in SECURITY_HEADERS.items() if not ok(response.headers.get(name, ""))]
+
+
+def route_url(route: str) -> str:
+    """A concrete URL for a route template: ids nobody has, the model "echo"."""
+    return re.sub(r"\{(\w+)\}", lambda m: "echo" if m[1] == "name" else "999999", route)
+
+
+def test_abuse9_security_headers_on_every_response(prepared, upstream, tmp_path, record_property):
+    """Every route × every method (by key and anonymously), plus 400, 404, 405, 413 and
+    429 answers of HTML pages and the API, and 5xx answers from a server whose database
+    is missing its tables: CSP, nosniff, X-Frame-Options DENY, Referrer-Policy and
+    Permissions-Policy on each; HSTS behind TLS; and no 5xx from the healthy server."""
+    responses: list[tuple[str, httpx.Response]] = []
+    extra = {"RATE_LIMIT_ANONYMOUS": "5", "RATE_LIMIT_REGULAR": "100000", "AUTH_RATE_LIMITS": "2/m"}
+    with tools.serve(prepared, extra, workers=WORKERS, log_path=tmp_path / "server.log") as live:
+        key = {"Authorization": f"Bearer {live.key}"}
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            for route in sorted(tools.all_routes()):
+                for method in METHODS:
+                    for headers in (key, {}):
+                        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+                        response = client.request(
+                            method,
+                            route_url(route),
+                            content=body,
+                            headers={**headers, "Content-Type": "application/json"},
+                        )
+                        responses.append((f"{method} {route}", response))
+            big = b'{"content": "' + b"x" * (3 * MB) + b'"}'
+            for path in ("/api/chat", "/accounts/login/", "/v1/chat/completions"):
+                responses.append((f"3 MB to {path}", client.post(path, content=big, headers=key)))
+            for n in range(4):
+                responses.append(
+                    (f"sign-in {n}", client.post("/accounts/login/", data={"username": "x", "password": "y"}))
+                )
+            for n in range(8):
+                responses.append((f"anonymous API {n}", client.get("/api/models")))
+            responses.append(("page not found", client.get("/no-such-page")))
+            responses.append(("foreign Host", client.get("/accounts/login/", headers={"Host": "evil.example"})))
+            behind_tls = client.get("/accounts/login/", headers={"X-Forwarded-Proto": "https"})
+    assert "max-age=31536000" in behind_tls.headers.get("Strict-Transport-Security", "")
+    server_errors = [f"{name}: {r.status_code}" for name, r in responses if r.status_code >= 500]
+
+    broken = tools.production_env(tmp_path, "abuse_unmigrated", **tools.fake_models(upstream))
+    from core import keys
+
+    with tools.serve(Platform(env=broken, key="", email="", password=""), workers=1) as dead:
+        probe = {"Authorization": f"Bearer {keys.generate().plaintext}"}
+        with httpx.Client(base_url=dead.url, timeout=30) as client:
+            failing = [
+                ("API without tables", client.get("/api/me", headers=probe)),
+                ("OpenAI API without tables", client.get("/v1/models", headers=probe)),
+                ("page without tables", client.get("/", headers={"Cookie": "sessionid=" + "a1b2c3d4" * 4})),
+            ]
+    assert all(r.status_code >= 500 for _, r in failing), [(n, r.status_code) for n, r in failing]
+    responses += failing
+
+    lacking = {f"{name} ({r.status_code})": missing_headers(r) for name, r in responses if missing_headers(r)}
+    assert not lacking, lacking
+    assert not server_errors, server_errors
+    statuses = sorted({r.status_code for _, r in responses})
+    for needed in (200, 400, 401, 403, 404, 405, 413, 429):
+        assert needed in statuses, f"no {needed} answer was checked"
+    record_property(
+        "figure", f"{len(responses)} responses (statuses {', '.join(map(str, statuses))}): all 5 headers on every one"
     )
