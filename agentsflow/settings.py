@@ -170,6 +170,19 @@ REDIS_URL = redis_url()
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
 if REDIS_URL:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    _REDIS_POOL = {
+        "max_connections": REDIS_MAX_CONNECTIONS,
+        "retry_on_timeout": False,
+        # A connection the server closed (Redis restarted) fails its next command:
+        # retry that once, at once, on a fresh connection, instead of reporting Redis
+        # down (and tripping the breakers) once per stale connection left in the pool.
+        # Never a timeout: a stalled Redis must cost one socket timeout, not two.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
     CACHES = {
         "default": {
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
@@ -179,7 +192,7 @@ if REDIS_URL:
                 # Short timeouts: a dead or stalled Redis must not hang a request.
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS, "retry_on_timeout": False},
+                "CONNECTION_POOL_KWARGS": _REDIS_POOL,
             },
         },
         # Sessions fall back to the database when Redis is unreachable.
@@ -190,7 +203,7 @@ if REDIS_URL:
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS, "retry_on_timeout": False},
+                "CONNECTION_POOL_KWARGS": _REDIS_POOL,
                 "IGNORE_EXCEPTIONS": True,
             },
         },
