@@ -136,6 +136,10 @@ if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
 if DATABASE_URL:
     _db = database_from_url(DATABASE_URL)
     _db["CONN_MAX_AGE"] = 0  # the pool owns connection reuse
+    # The pool checks a connection before handing it out, so one that PostgreSQL
+    # closed meanwhile (restart, pg_terminate_backend, idle timeout) is replaced
+    # instead of failing the request that got it.
+    _db["CONN_HEALTH_CHECKS"] = True
     _db["OPTIONS"] = {
         "connect_timeout": DB_CONNECT_TIMEOUT,
         "application_name": "agentsflow",

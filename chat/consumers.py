@@ -18,6 +18,7 @@ import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import Http404
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
@@ -237,6 +238,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
             if reply.status != Message.Status.STREAMING:
                 missed = [streaming.final_event_from(reply, last_seq + 1)]
+        ended = any(e["type"] in streaming.TERMINAL for e in missed)
+        # No process produces it any more (its worker died): end it instead of waiting.
+        if reply.status == Message.Status.STREAMING and not ended and await streaming.mark_if_orphaned(reply):
+            reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
+            last = max([last_seq, *(e["seq"] for e in missed)])
+            missed = [*missed, streaming.final_event_from(reply, last + 1)]
         if reply.status == Message.Status.STREAMING:
             self._track(message_id)
         await self.chat_events({"events": missed})
@@ -309,7 +316,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         while self.in_flight:
             for message_id in list(self.in_flight):
                 await shared.renew_listener_lease(message_id, streaming.LEASE_TTL)
+                with contextlib.suppress(DatabaseError):  # the database is down: look again next round
+                    await self._end_if_orphaned(message_id)
             await asyncio.sleep(streaming.LEASE_TTL / 3)
+
+    async def _end_if_orphaned(self, message_id: int) -> None:
+        """A reply whose worker died sends no more events: end it for this socket."""
+        if streaming.running(message_id) is not None or await shared.is_alive(message_id):
+            return
+        reply = await database_sync_to_async(streaming.load_reply)(message_id)
+        if reply is not None and reply.status == Message.Status.STREAMING and await streaming.mark_if_orphaned(reply):
+            reply = await database_sync_to_async(streaming.load_reply)(message_id)
+            final = streaming.final_event_from(reply, self.last_seq.get(message_id, 0) + 1)
+            await self.chat_events({"events": [final]})
 
 
 class _LayerWatch:

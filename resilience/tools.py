@@ -417,10 +417,15 @@ class Load:
         return time.monotonic() - self.started_at
 
     def start(self) -> Load:
-        self.started_at = time.monotonic()
+        # Clients first (making one costs milliseconds of CPU), so every thread starts at once.
+        clients = [
+            httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout, verify=False)  # noqa: S501 (loopback HTTP)
+            for _ in range(self.concurrency)
+        ]
         cycle = itertools.cycle(self.targets)
-        for n in range(self.concurrency):
-            thread = threading.Thread(target=self._worker, args=(cycle,), name=f"load-{n}", daemon=True)
+        self.started_at = time.monotonic()
+        for n, client in enumerate(clients):
+            thread = threading.Thread(target=self._worker, args=(client, cycle), name=f"load-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
@@ -444,8 +449,8 @@ class Load:
             self._sent += 1
             return next(cycle)
 
-    def _worker(self, cycle) -> None:
-        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout) as client:
+    def _worker(self, client: httpx.Client, cycle) -> None:
+        with client:
             while (target := self._next(cycle)) is not None:
                 method, path, *rest = target
                 sample = send(client, method, path, started_at=self.started_at, **(rest[0] if rest else {}))
@@ -471,12 +476,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 def worker_pids(parent_pid: int) -> list[int]:
-    """The direct children of a server's main process (its workers)."""
-    children: list[int] = []
+    """The live worker processes of a server: its main process's children, without
+    the dead ones not reaped yet and multiprocessing's resource tracker."""
+    children: set[int] = set()
     for task in Path(f"/proc/{parent_pid}/task").glob("*"):
         with contextlib.suppress(OSError):
-            children += [int(pid) for pid in (task / "children").read_text().split()]
-    return sorted(set(children))
+            children.update(int(pid) for pid in (task / "children").read_text().split())
+    workers = []
+    for pid in sorted(children):
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state not in ("Z", "X") and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+    return workers
 
 
 def _socket_inodes(local_port: int, remote_port: int | None = None) -> set[str]:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -92,7 +93,8 @@ class Stack:
         return {"Authorization": f"Bearer {key or self.key}"}
 
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.server.url, headers=self.headers(key), timeout=15, **kwargs)
+        # verify=False: plain HTTP on loopback, and it spares loading the CA bundle per client.
+        return httpx.Client(base_url=self.server.url, headers=self.headers(key), timeout=15, verify=False, **kwargs)
 
     def new_key(self, *, rate_limit: int = 1_000_000) -> str:
         """A key nobody has used yet (so no process has it cached)."""
@@ -148,6 +150,8 @@ def platform(name: str, tmp: Path, upstream: str, **settings: str) -> Iterator[S
     }
     database_url = env["DATABASE_URL"]
     platform_ = prepare_platform(env)
+    env["STATIC_ROOT"] = str(tmp / "static")  # production serves hashed names from the manifest
+    manage("collectstatic", "--no-input", env=env)
     real = database_from_url(database_url)
     with PrivateRedis(tmp / f"redis-{name}.log") as redis, FaultProxy(int(real["PORT"] or 5432)) as proxy:
         server_env = {
@@ -204,13 +208,14 @@ async def ws_until(ws, predicate, timeout: float = 30) -> list[dict]:
 
 async def ws_close_code(ws, timeout: float) -> tuple[int | None, float, list[dict]]:
     """Read until the server closes the socket: (close code, seconds it took, events read).
-    The code is None when the socket was still open after ``timeout``."""
+    The code is 1006 when the connection ended without a close frame, None when the
+    socket was still open after ``timeout``."""
     started, events = time.monotonic(), []
     try:
         while True:
             events.append(orjson.loads(await asyncio.wait_for(ws.recv(), timeout - (time.monotonic() - started))))
     except websockets.ConnectionClosed as closed:
-        return (closed.rcvd.code if closed.rcvd else None), time.monotonic() - started, events
+        return (closed.rcvd.code if closed.rcvd else 1006), time.monotonic() - started, events
     except TimeoutError:
         return None, time.monotonic() - started, events
 
@@ -219,13 +224,11 @@ def is_final(message_id: int):
     return lambda e: e.get("message_id") == message_id and e["type"] in ("done", "error") and "seq" in e
 
 
-def burst(stack: Stack, key: str, count: int) -> list[httpx.Response]:
-    """``count`` requests, each on a new connection, so the workers share them."""
-    responses = []
-    for _ in range(count):
-        with stack.client(key) as client:
-            responses.append(client.get("/api/me"))
-    return responses
+def burst(stack: Stack, key: str, count: int, concurrency: int = 6) -> list[httpx.Response]:
+    """``count`` requests, each on a new connection (so the workers share them), a few at a time."""
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with stack.client(key, limits=fresh) as client, ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda _: client.get("/api/me"), range(count)))
 
 
 def wait_for_minute_room(seconds: float) -> None:
@@ -236,18 +239,31 @@ def wait_for_minute_room(seconds: float) -> None:
         time.sleep(60 - into + 0.2)
 
 
-def counted_in_redis(stack: Stack, key: str, run: int = 10) -> bool:
-    """True when ``run`` requests in a row, on new connections (so either worker), are
-    each counted in Redis: the rate limits are shared between processes again."""
+def shared_limits_back(stack: Stack, key: str, *, streak: int = 10, timeout: float = 20) -> float | None:
+    """When the rate limits were shared between processes again: requests one at a
+    time, each on a new connection (so either worker), until ``streak`` in a row were
+    each counted in Redis. Returns the monotonic time the streak began (None on timeout)."""
     redis = stack.redis.client()
     pattern = f"rl:key:{key[:12]}:*"  # core.ratelimit's key for the key's public prefix
 
-    def counted() -> int:
-        return sum(int(redis.get(name) or 0) for name in redis.scan_iter(pattern))
+    def counted() -> int | None:
+        try:
+            return sum(int(redis.get(name) or 0) for name in redis.scan_iter(pattern))
+        except Exception:
+            return None
 
-    before = counted()
-    answered = [r.status_code for r in burst(stack, key, run)]
-    return answered == [200] * run and counted() - before == run
+    deadline, began, run = time.monotonic() + timeout, None, 0
+    while time.monotonic() < deadline:
+        before, sent_at = counted(), time.monotonic()
+        status = burst(stack, key, 1)[0].status_code
+        after = counted()
+        if status == 200 and before is not None and after == before + 1:
+            began, run = began or sent_at, run + 1
+            if run == streak:
+                return began
+        else:
+            began, run = None, 0
+    return None
 
 
 def error_shape_ok(samples) -> bool:
@@ -264,7 +280,7 @@ def redis_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
 
 
 async def test_redis_stopped_under_load(redis_stack: Stack, record_property):
-    """F1: Redis stops for 6 s under load, then comes back on the same port."""
+    """F1: Redis stops for about 8 s under load, then comes back on the same port."""
     stack = redis_stack
     record_property("scenario", "F1 Redis stopped under load")
     limited_during, limited_after = stack.new_key(rate_limit=LIMITED), stack.new_key(rate_limit=LIMITED)
@@ -297,11 +313,16 @@ async def test_redis_stopped_under_load(redis_stack: Stack, record_property):
         await asyncio.to_thread(wait_for_minute_room, 10)
         during = await asyncio.to_thread(burst, stack, limited_during, 3 * LIMITED)
 
+        # The operators' sweeper runs meanwhile: it must not take the live reply for an orphan.
         await asyncio.sleep(max(0.0, 6 - (load.mark() - down_at)))
+        swept = await asyncio.to_thread(
+            manage, "sweep_replies", env={"DATABASE_URL": stack.database_url, "REDIS_URL": stack.redis.url()}
+        )
         up_at = load.mark()
         await asyncio.to_thread(stack.redis.start)
-        recovered_in = await asyncio.to_thread(wait_until, lambda: counted_in_redis(stack, recovery_key), 15, 0.1)
-        recovered_at = load.mark()
+        returned_at = time.monotonic()
+        shared_at = await asyncio.to_thread(shared_limits_back, stack, recovery_key)
+        recovered_in = None if shared_at is None else shared_at - returned_at
 
         # The client reconnects and resumes the reply where it left off.
         ws2 = await ws_open(stack)
@@ -341,7 +362,8 @@ async def test_redis_stopped_under_load(redis_stack: Stack, record_property):
     # Sockets: told at once, with a code that says "try again", and able to resume.
     assert close_code in (1011, 1012, 1013) and close_seconds < 5, (close_code, close_seconds)
     assert new_socket in (1011, 1012, 1013), new_socket
-    assert recovered_in is not None and recovered_at - up_at < 5, (recovered_in, recovered_at - up_at)
+    assert recovered_in is not None and recovered_in < 5, recovered_in
+    assert swept.strip() == "marked 0 interrupted replies", swept
     assert final["type"] == "done" and final["status"] == "complete", final
     assert final["content"] == stored["content"] and stored["status"] == "complete"
     assert echoed["type"] == "done" and echoed["content"] == "after the outage"
@@ -457,15 +479,16 @@ def test_postgres_backends_terminated(pg_stack: Stack, record_property):
     # A request already running a query when its backend died may fail (503); one sent
     # afterwards must get a healthy connection from the pool.
     after = result.between(done_at + 0.05)
-    healed_in = max((s.at + s.latency - killed_at for s in failed), default=0.0)
     record_property(
         "figure",
-        f"{terminated} backends terminated; {len(failed)} of {result.count} failed "
-        f"({dict(Counter(s.status for s in failed))}), all within {healed_in:.1f} s; "
-        f"{after.count} sent after: {dict(after.statuses)}",
+        f"{terminated} backends terminated: {len(failed)} requests in flight failed "
+        f"({', '.join(f'{n}×{code}' for code, n in Counter(s.status for s in failed).items()) or 'none'}, "
+        f"slowest {max((s.latency for s in failed), default=0):.1f} s); {after.count} sent after: "
+        f"{after.statuses[200]}×200, slowest {after.max_ms / 1000:.1f} s",
     )
     assert terminated > 0
     assert {s.status for s in failed} <= {503} and error_shape_ok(failed), failed[:3]
+    assert all(s.latency < 6 for s in failed), failed
     assert after.count > 10 and after.statuses == Counter({200: after.count}), after.where(
         lambda s: s.status != 200
     ).samples[:3]
@@ -474,17 +497,21 @@ def test_postgres_backends_terminated(pg_stack: Stack, record_property):
 def lock_conversations(stack: Stack, seconds: float) -> threading.Thread:
     """Hold an exclusive lock on the conversations table for ``seconds`` (from the
     real server, not through the proxy): every query on it waits."""
-    locked = threading.Event()
+    locked, failed = threading.Event(), []
 
     def hold() -> None:
-        with pg_admin(stack.database_url, stack.database) as conn, conn.transaction():
-            conn.execute("LOCK TABLE chat_conversation IN ACCESS EXCLUSIVE MODE")
-            locked.set()
-            time.sleep(seconds)
+        try:
+            with pg_admin(stack.database_url, stack.database) as conn, conn.transaction():
+                conn.execute("LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                time.sleep(seconds)
+        except Exception as exc:
+            failed.append(exc)
+            raise
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
-    assert locked.wait(5)
+    assert locked.wait(5), failed
     return thread
 
 
@@ -701,6 +728,6 @@ async def test_worker_killed_mid_stream(kill_stack: Stack, record_property):
     assert settled_in is not None and time.monotonic() - killed_at < 40
     assert stored["status"] == "error" and stored["content"].startswith(partial) and partial, (stored, partial)
     assert listed["id"] == reply_id and listed["status"] == "error"
-    assert code is not None
+    assert code == 1006, code  # the connection dropped with its process
     assert ws_final["type"] == "error" and ws_final["status"] == "error", ws_final
     assert len(stack.pids()) == WORKERS, "the server replaced the killed workers"
