@@ -470,7 +470,6 @@ def test_postgres_backends_terminated(pg_stack: Stack, record_property):
     load = Load(stack.server.url, db_targets(stack), headers=stack.headers(), concurrency=4, max_seconds=20)
     with load:
         time.sleep(1.5)
-        killed_at = load.mark()
         terminated = pg_terminate(stack.database_url, stack.database)
         done_at = load.mark()
         time.sleep(4)
