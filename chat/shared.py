@@ -1,5 +1,6 @@
 """Async access to state every process must see while a reply streams: the replay
-buffer of events, cancel requests and listener leases.
+buffer of events, cancel requests and listener leases (and two sync reads for the
+REST views).
 
 With ``REDIS_URL`` it lives in Redis (through redis.asyncio, so the event loop
 never blocks); without it, in this process's memory, which is all there is in the
@@ -37,6 +38,9 @@ class MemoryStore:
         self._lists[key] = (time.monotonic() + ttl, items)
 
     async def lrange(self, key: str, start: int) -> list[bytes]:
+        return self.lrange_now(key, start)
+
+    def lrange_now(self, key: str, start: int) -> list[bytes]:
         expires, items = self._lists.get(key, (0.0, []))
         return items[start:] if expires > time.monotonic() else []
 
@@ -45,6 +49,9 @@ class MemoryStore:
         self._values[key] = (time.monotonic() + ttl, value)
 
     async def get(self, key: str, unknown: bytes | None = None) -> bytes | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
         expires, value = self._values.get(key, (0.0, None))
         return value if expires > time.monotonic() else None
 
@@ -73,6 +80,12 @@ class RedisStore:
     async def get(self, key: str, unknown: bytes | None = None) -> bytes | None:
         """The value, or ``unknown`` when Redis cannot answer."""
         return await redis.arun("get", unknown, lambda client: client.get(key))
+
+    def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
+        return redis.run("get", unknown, lambda client: client.get(key))
+
+    def lrange_now(self, key: str, start: int) -> list[bytes]:
+        return redis.run("replay read", [], lambda client: client.lrange(key, start, -1))
 
     async def delete(self, key: str) -> None:
         await redis.arun("delete", None, lambda client: client.delete(key))
@@ -129,3 +142,14 @@ async def is_alive(message_id: int) -> bool:
     """True when the reply's producer marked it alive lately, and when Redis cannot
     say: an outage must not make every streaming reply look orphaned."""
     return await store().get(alive_key(message_id), unknown=b"unknown") is not None
+
+
+# Sync reads, for the REST views' check on read (chat.sweeper.settle).
+
+
+def is_alive_now(message_id: int) -> bool:
+    return store().get_now(alive_key(message_id), unknown=b"unknown") is not None
+
+
+def replay_read_now(message_id: int) -> list[dict]:
+    return [orjson.loads(raw) for raw in store().lrange_now(replay_key(message_id), 0)]

@@ -9,13 +9,11 @@ import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
-import orjson
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from chat import shared, streaming
 from chat.models import Message
-from core import redis
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -77,15 +75,8 @@ def settle(messages: Iterable[Message]) -> None:
 
 def _alive(message_id: int) -> bool:
     """Whether some process still produces the reply; when Redis cannot say, assume so."""
-    if streaming.running(message_id) is not None:
-        return True
-    if not redis.configured():
-        return False  # embedded: this is the only process
-    return redis.run("alive check", True, lambda client: bool(client.exists(shared.alive_key(message_id))))
+    return streaming.running(message_id) is not None or shared.is_alive_now(message_id)
 
 
 def _partial_text_now(message_id: int) -> str | None:
-    if not redis.configured():
-        return None
-    raw = redis.run("replay read", [], lambda client: client.lrange(shared.replay_key(message_id), 0, -1))
-    return _text([orjson.loads(item) for item in raw])
+    return _text(shared.replay_read_now(message_id))
