@@ -257,10 +257,14 @@ class Connection:
         if done:
             raise ClientGoneError
 
-    def answered(self) -> None:
+    async def answered(self) -> None:
         """Stop watching for a hang-up once an answer is complete."""
         if self._hangup is not None:
             self._hangup.cancel()
+            # Let the cancelled read finish before the next request is read: a stream has
+            # room for only one reader ("readuntil() called while another coroutine is
+            # already waiting", seen by resilience/tests/test_faults.py).
+            await asyncio.wait({self._hangup})
             self._hangup = None
 
 
@@ -307,7 +311,7 @@ class FakeUpstream:
         try:
             while (request := await connection.read_request()) is not None:
                 keep_alive = await self._dispatch(request, connection)
-                connection.answered()
+                await connection.answered()
                 if not keep_alive:
                     break
         except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ClientGoneError, ConnectionError):

@@ -199,3 +199,17 @@ def test_sign_in_per_minute_limit(db, settings):
 def test_key_creation_is_limited_by_the_auth_zone(api):
     statuses = [api.post("/api/keys", {"name": f"k{n}"}, format="json").status_code for n in range(12)]
     assert set(statuses) == {201, 429} and statuses.count(201) <= 10
+
+
+def test_the_cache_skips_redis_while_the_shared_breaker_is_open():
+    """Found by resilience/tests/test_faults.py (Redis stalled): the two-tier cache had a
+    breaker of its own, so one request could wait out a socket timeout in the rate
+    limiter and another in the cache."""
+    from core.cache import two_tier
+
+    cache.set("breaker-test:k", "from the shared tier")  # the two-tier cache's key for ("breaker-test", "k")
+    redis.breaker.trip("rate limit", TimeoutError("stalled"))
+    assert two_tier.get_or_compute("breaker-test", "k", lambda: "computed", ttl=10) == "computed"
+    redis.breaker.reset()
+    two_tier.local.clear()
+    assert two_tier.get_or_compute("breaker-test", "k", lambda: "computed", ttl=10) == "from the shared tier"
