@@ -11,6 +11,7 @@ need PostgreSQL (DATABASE_URL) and start their own servers; see README, "Resilie
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -36,9 +37,18 @@ class Row:
 
 
 def _scenario_from_name(name: str) -> str:
+    """``test_f3_postgres_stopped[x]`` -> ``F3 postgres stopped [x]``."""
     base, _, params = name.partition("[")
-    words = base.removeprefix("test_").replace("_", " ")
-    return f"{words} [{params}" if params else words
+    words = base.removeprefix("test_").split("_")
+    if re.fullmatch(r"[a-z]\d+", words[0]):
+        words[0] = words[0].upper()
+    text = " ".join(words)
+    return f"{text} [{params}" if params else text
+
+
+def _in_order(row: Row) -> list:
+    """F2 before F10: numbers compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", row.scenario)]
 
 
 def read_report(path: Path) -> list[Row]:
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not report.exists():
         return status or 1
     print()
-    print(render(read_report(report)))
+    print(render(sorted(read_report(report), key=_in_order)))
     return status
 
 

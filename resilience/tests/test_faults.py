@@ -293,7 +293,7 @@ def redis_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-async def test_redis_stopped_under_load(redis_stack: Stack, record_property):
+async def test_f1_redis_stopped_under_load(redis_stack: Stack, record_property):
     """F1: Redis stops for about 8 s under load, then comes back on the same port."""
     stack = redis_stack
     record_property("scenario", "F1 Redis stopped under load")
@@ -383,7 +383,7 @@ async def test_redis_stopped_under_load(redis_stack: Stack, record_property):
     assert echoed["type"] == "done" and echoed["content"] == "after the outage"
 
 
-def test_redis_slow(redis_stack: Stack, record_property):
+def test_f2_redis_slow(redis_stack: Stack, record_property):
     """F2: Redis answers nobody for 3 s (DEBUG SLEEP 3), then every client waits 3 s (CLIENT PAUSE)."""
     stack = redis_stack
     record_property("scenario", "F2 Redis slow (DEBUG SLEEP 3, CLIENT PAUSE 3 s)")
@@ -439,7 +439,7 @@ def db_answers(stack: Stack) -> bool:
 OUTAGE = 40
 
 
-def test_postgres_stopped(pg_stack: Stack, record_property):
+def test_f3_postgres_stopped(pg_stack: Stack, record_property):
     """F3a: PostgreSQL stops (open connections reset, new ones refused) for 40 s under
     load: long enough for the pool's reconnect delay to have grown past 10 s."""
     stack = pg_stack
@@ -482,7 +482,7 @@ def test_postgres_stopped(pg_stack: Stack, record_property):
     assert after.count > 10 and after.statuses == Counter({200: after.count}), after.describe()
 
 
-def test_postgres_backends_terminated(pg_stack: Stack, record_property):
+def test_f3_postgres_backends_terminated(pg_stack: Stack, record_property):
     """F3b: every backend of the platform's database is terminated under load."""
     stack = pg_stack
     record_property("scenario", "F3 PostgreSQL backends terminated")
@@ -534,7 +534,7 @@ def lock_conversations(stack: Stack, seconds: float) -> threading.Thread:
     return thread
 
 
-def test_statement_timeout(pg_stack: Stack, record_property):
+def test_f5_statement_timeout(pg_stack: Stack, record_property):
     """F5: a query waits on a lock past DB_STATEMENT_TIMEOUT_MS (2 s here)."""
     stack = pg_stack
     record_property("scenario", "F5 Statement timeout")
@@ -557,7 +557,7 @@ def sse_events(response: httpx.Response) -> list[dict]:
     return [orjson.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
 
 
-async def test_provider_fails_mid_stream(pg_stack: Stack, record_property):
+async def test_f6_provider_fails_mid_stream(pg_stack: Stack, record_property):
     """F6: the model's connection drops after three chunks (SSE and WebSocket)."""
     stack = pg_stack
     record_property("scenario", "F6 Provider fails mid-stream")
@@ -618,7 +618,7 @@ def pool_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-def test_pool_exhausted(pool_stack: Stack, record_property):
+def test_f4_pool_exhausted(pool_stack: Stack, record_property):
     """F4: 16 concurrent requests that each wait 2.5 s on the database, against
     pools of 3 connections per worker."""
     stack = pool_stack
@@ -679,7 +679,7 @@ def kill_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-async def test_worker_killed_mid_stream(kill_stack: Stack, record_property):
+async def test_f7_worker_killed_mid_stream(kill_stack: Stack, record_property):
     """F7: SIGKILL the worker streaming a reply (over SSE, then over a WebSocket)."""
     stack = kill_stack
     record_property("scenario", "F7 Worker killed mid-stream")
