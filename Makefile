@@ -24,9 +24,13 @@ migrate: venv
 
 ## Run the platform on http://$(HOST):$(PORT)/ with the embedded defaults (SQLite,
 ## in-process cache and channel layer, the bundled local model).
+## Usage rollups (analytics API, dashboard) are refreshed every minute by
+## `manage.py rollup --loop`, which runs beside the server and stops with it.
 run: migrate
 	$(PY) manage.py bootstrap
-	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576
+	@$(PY) manage.py rollup --loop --interval 60 --verbosity 0 & rollup=$$!; \
+	trap 'kill $$rollup 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576 --no-proxy-headers
 
 ## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
 ## Tests marked `long` (minutes each) run only through `make resilience`.
@@ -43,6 +47,12 @@ abuse: venv
 
 resilience: venv
 	$(PY) -m resilience.run all
+
+## Benchmarks (README, "Benchmarks"): the platform as deployed under wrk and WebSocket
+## clients; needs DATABASE_URL, REDIS_URL (a database of its own: flushed), wrk and nginx.
+## `make bench BENCH_ARGS=--quick` for a smaller seed and shorter runs.
+bench: venv
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

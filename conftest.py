@@ -123,3 +123,16 @@ def api(user, make_key, key_client) -> APIClient:
     """A client authenticated as ``user`` with an all-scopes key."""
     _, plaintext = make_key(user)
     return key_client(plaintext)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright (tests using it skip without chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    from agentsflow.testing import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "core.middleware.XFrameOptionsMiddleware",
     "core.middleware.GZipMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
+    "core.middleware.QueryStringMiddleware",
     "core.middleware.RequestTimeoutMiddleware",
     "core.middleware.SessionMiddleware",
     "core.middleware.CommonMiddleware",
@@ -284,6 +285,10 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # --- Requests: timing, limits ----------------------------------------------------
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 SLOW_QUERY_MS = env_int("SLOW_QUERY_MS", 500, minimum=0)
+
+# Staff dashboard: how often a metrics snapshot is stored, and how long they are kept.
+DASHBOARD_SAMPLE_SECONDS = env_int("DASHBOARD_SAMPLE_SECONDS", 10, minimum=1)
+DASHBOARD_HISTORY_DAYS = env_int("DASHBOARD_HISTORY_DAYS", 2, minimum=1)
 REQUEST_TIMEOUT_SECONDS = env_float("REQUEST_TIMEOUT_SECONDS", 30.0, minimum=1)
 GZIP_MIN_BYTES = 1000
 RATE_LIMITS = {
@@ -361,6 +366,17 @@ SPECTACULAR_SETTINGS = {
 # --- API keys ---------------------------------------------------------------------
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 300, minimum=1)
 API_KEY_LAST_USED_INTERVAL = 60  # write last_used_at at most once a minute per key
+
+# --- Analytics --------------------------------------------------------------------
+# Rollups: `manage.py rollup [--loop]`; retention: `manage.py prune_messages`.
+ROLLUP_SETTLE_SECONDS = env_int("ROLLUP_SETTLE_SECONDS", 3600, minimum=0)  # buckets stay open this long
+ROLLUP_INTERVAL_SECONDS = env_int("ROLLUP_INTERVAL_SECONDS", 60, minimum=1)  # `rollup --loop` default
+ROLLUP_STATEMENT_TIMEOUT_MS = env_int("ROLLUP_STATEMENT_TIMEOUT_MS", 300_000, minimum=0)
+MESSAGE_RETENTION_DAYS = env_int("MESSAGE_RETENTION_DAYS", 90, minimum=1)
+ANALYTICS_CACHE_SECONDS = env_int("ANALYTICS_CACHE_SECONDS", 30, minimum=0)  # 0: no caching
+ANALYTICS_MAX_RANGE_DAYS = env_int("ANALYTICS_MAX_RANGE_DAYS", 366, minimum=1)  # daily buckets
+ANALYTICS_MAX_HOURLY_RANGE_DAYS = env_int("ANALYTICS_MAX_HOURLY_RANGE_DAYS", 31, minimum=1)
+ANALYTICS_MAX_EXPORT_DAYS = env_int("ANALYTICS_MAX_EXPORT_DAYS", 3660, minimum=1)
 
 # --- Chat -------------------------------------------------------------------------
 BUNDLED_MODEL = {

@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve as serve_static
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
+from analytics.dashboard import DashboardHistoryView, DashboardLiveView, dashboard_page
 from chat.views import chat_page
 from core import health, metrics_view
 from core import views as core_views
@@ -15,6 +16,9 @@ urlpatterns = [
     path("health", health.live, name="health"),
     path("ready", health.ready, name="ready"),
     path("metrics", metrics_view.metrics, name="metrics"),
+    path("dashboard/", dashboard_page, name="dashboard"),
+    path("api/dashboard/live", DashboardLiveView.as_view(), name="dashboard-live"),
+    path("api/dashboard/history", DashboardHistoryView.as_view(), name="dashboard-history"),
     path("admin/", admin.site.urls),
     path("accounts/login/", core_views.login, name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
@@ -23,6 +27,7 @@ urlpatterns = [
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("core.urls")),
     path("api/", include("chat.urls")),
+    path("api/", include("analytics.urls")),
     path("v1/", include("chat.openai_urls")),
     # Anything else under /api/ or /v1/ is a JSON 404, never Django's HTML page.
     re_path(r"^api/", api_not_found),

@@ -28,6 +28,8 @@ gets the default reply.
 ``hang``               send nothing at all until the client hangs up
 ``slow-first-byte-MS`` wait MS ms before sending anything (the status line included)
 ``bad-request``        answer 400 with an OpenAI error body
+``stamp``              each streamed token is the wall-clock time it was sent, in
+                       nanoseconds, and a space (the benchmarks' event latency)
 =====================  ==============================================================
 
 ``GET /_stats`` reports what the server saw, so tests can prove, for example,
@@ -99,6 +101,7 @@ class Behaviour:
     hang: bool = False
     first_byte_ms: int = 0
     bad_request: bool = False
+    stamp: bool = False
 
 
 _PART = re.compile(r"([a-z-]+?)(?:-(\d+))?")
@@ -141,6 +144,8 @@ def parse_behaviour(model: str) -> Behaviour:
                 behaviour.first_byte_ms = number
             case "bad-request", None:
                 behaviour.bad_request = True
+            case "stamp", None:
+                behaviour.stamp = True
     return behaviour
 
 
@@ -199,14 +204,16 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self._hangup: asyncio.Future[bytes] | None = None
+        self._read_ahead = b""  # what the hang-up watch read of the next request
         self.carried_chat = False
 
     async def read_request(self) -> Request | None:
         """The next request, or None when the client closed the connection between requests."""
+        ahead, self._read_ahead = self._read_ahead, b""
         try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            head = ahead + await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
+            if (ahead + exc.partial).strip():
                 raise ValueError("truncated request head") from None
             return None
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -258,14 +265,22 @@ class Connection:
             raise ClientGoneError
 
     async def answered(self) -> None:
-        """Stop watching for a hang-up once an answer is complete."""
-        if self._hangup is not None:
-            self._hangup.cancel()
-            # Let the cancelled read finish before the next request is read: a stream has
-            # room for only one reader ("readuntil() called while another coroutine is
-            # already waiting", seen by resilience/tests/test_faults.py).
-            await asyncio.wait({self._hangup})
-            self._hangup = None
+        """Stop watching for a hang-up once an answer is complete.
+
+        The watch is a pending one-byte read: it must be over before the next
+        request is read (a StreamReader takes one reader at a time), and the
+        byte it may have taken from a next request on a kept-alive connection
+        belongs to that request.
+        """
+        hangup, self._hangup = self._hangup, None
+        if hangup is None:
+            return
+        if not hangup.done():
+            hangup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hangup
+        if not hangup.cancelled() and hangup.exception() is None:
+            self._read_ahead = hangup.result()
 
 
 def _retrieve(future: asyncio.Future[bytes]) -> None:
@@ -482,6 +497,8 @@ class FakeUpstream:
                 return
             if behaviour.garbage and index == 2:
                 connection.chunk(b"data: {this is not JSON\n\n")
+            if behaviour.stamp:
+                word = f"{time.time_ns()} "  # read by bench.ws_client: receive time minus this
             connection.chunk(delta({"content": word}))
             if gap:
                 await connection.drain()

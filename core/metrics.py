@@ -27,6 +27,7 @@ REQUEST_DB_TIME = Histogram(
     "Database time per HTTP request.",
     buckets=LATENCY_BUCKETS,
 )
+DB_QUERIES = Counter("agentsflow_db_queries_total", "Database queries made while answering HTTP requests.")
 SLOW_QUERIES = Counter("agentsflow_slow_queries_total", "Queries slower than SLOW_QUERY_MS.")
 TTFT = Histogram("agentsflow_ttft_seconds", "Model time to first token.", ["model"], buckets=TTFT_BUCKETS)
 TOKENS_PER_SECOND = Histogram(

@@ -207,6 +207,8 @@ class RequestTimingMiddleware(DualModeMiddleware):
         response["X-Process-Time"] = f"{elapsed:.4f}"
         metrics.REQUEST_LATENCY.labels(request.method, f"{response.status_code // 100}xx").observe(elapsed)
         metrics.REQUEST_DB_TIME.observe(stats.db_seconds if stats else 0.0)
+        if stats and stats.queries:
+            metrics.DB_QUERIES.inc(stats.queries)
         metrics.sample_process_memory()
         if settings.ACCESS_LOG:
             access_logger.info(
@@ -257,6 +259,20 @@ class BodySizeLimitMiddleware(DualModeMiddleware):
                 "payload_too_large",
                 f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}.",
             )
+        return None
+
+
+class QueryStringMiddleware(DualModeMiddleware):
+    """Refuse an API query string holding a NUL character with a JSON 400: PostgreSQL
+    text cannot hold one, so a filter on it would fail as a 500 (JSON bodies are
+    refused the same way by core.parsers)."""
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        query = request.META.get("QUERY_STRING", "")
+        if ("%00" not in query and "\x00" not in query) or not is_api_path(request.path):
+            return None
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            return error_response(400, "bad_request", "NUL characters are not allowed in the query string.")
         return None
 
 

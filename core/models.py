@@ -86,3 +86,18 @@ class APIKey(models.Model):
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class MetricSample(models.Model):
+    """A snapshot of the platform's cumulative metrics, summed over every worker
+    process (see core.live_metrics); consecutive samples give the dashboard's charts."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    data = models.JSONField()
+
+    class Meta:
+        db_table = "metric_samples"
+        ordering = ["at"]
+
+    def __str__(self) -> str:
+        return f"metrics at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -37,11 +37,11 @@ class Row:
 
 
 def _scenario_from_name(name: str) -> str:
-    """``test_f3_postgres_stopped[x]`` -> ``F3 postgres stopped [x]``."""
+    """``test_f3_postgres_stopped[x]`` -> ``F3 postgres stopped [x]``; ``test_abuse1_…`` -> ``A1 …``."""
     base, _, params = name.partition("[")
     words = base.removeprefix("test_").split("_")
-    if re.fullmatch(r"[a-z]\d+", words[0]):
-        words[0] = words[0].upper()
+    if numbered := re.fullmatch(r"([a-z])[a-z]*(\d+)", words[0]):
+        words[0] = numbered[1].upper() + numbered[2]
     text = " ".join(words)
     return f"{text} [{params}" if params else text
 

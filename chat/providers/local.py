@@ -12,7 +12,9 @@ buffer; closing the stream sets an event the thread checks between tokens.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
+import contextlib
 import importlib.util
 import random
 import threading
@@ -163,6 +165,18 @@ class LocalProvider:
         return model
 
 
+_loaded_llamas: list = []  # every llama.cpp instance this process loaded (they live as long as it)
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp models while the interpreter is still whole: left to
+    ``Llama.__del__`` at shutdown, freeing fails noisily on half-torn-down modules."""
+    for llama in _loaded_llamas:
+        with contextlib.suppress(Exception):
+            llama.close()
+
+
 class _Model:
     """One llama.cpp instance and what generating chat answers needs from its GGUF. One thread at a time."""
 
@@ -174,6 +188,7 @@ class _Model:
         self.llama = Llama(
             model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
         )
+        _loaded_llamas.append(self.llama)
         self._vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
         self._is_end = llama_cpp.llama_vocab_is_eog
         self._format = Jinja2ChatFormatter(

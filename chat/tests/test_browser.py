@@ -4,39 +4,15 @@ send a message, watch the reply stream in over the WebSocket."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = BASE_DIR / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from agentsflow.testing import ARTIFACTS, CHROMIUM_MISSING, fresh_database_env, prepare_platform, run_server
 
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (CI installs it)"),
+    pytest.mark.skipif(CHROMIUM_MISSING, reason="needs Debian's chromium (CI installs it)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_chat_page_streams_a_reply(browser, upstream, tmp_path):

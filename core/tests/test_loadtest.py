@@ -1,17 +1,26 @@
 import json
+from collections import Counter
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from agentsflow.testing import fresh_database_env, prepare_platform, run_server
-from core.management.commands.loadtest import parse_mix, percentile
+from core.management.commands.loadtest import EndpointStats, parse_mix, percentile
 
 
 def test_percentile_nearest_rank():
     ordered = [float(n) for n in range(1, 101)]
     assert percentile(ordered, 0.5) == 50 and percentile(ordered, 0.99) == 99 and percentile(ordered, 1.0) == 100
     assert percentile([], 0.5) is None
+
+
+def test_transport_errors_count_as_errors():
+    """A request that never got an answer is recorded under its exception's name."""
+    stats = EndpointStats(latencies=[0.01, 0.02, 30.0], statuses=Counter({"200": 2, "ReadTimeout": 1}))
+    summary = stats.summary(elapsed=1.0)
+    assert summary["error_rate"] == round(1 / 3, 4)
+    assert summary["statuses"] == {"200": 2, "ReadTimeout": 1}
 
 
 def test_mix_is_validated():

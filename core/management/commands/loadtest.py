@@ -32,7 +32,8 @@ class EndpointStats:
     def summary(self, elapsed: float) -> dict:
         ordered = sorted(self.latencies)
         count = len(ordered)
-        errors = sum(n for status, n in self.statuses.items() if not (200 <= int(status) < 300))
+        # A status is an HTTP code, or the name of a transport error (ReadTimeout, ConnectError…).
+        errors = sum(n for status, n in self.statuses.items() if not (status.isdigit() and 200 <= int(status) < 300))
         return {
             "requests": count,
             "rps": round(count / elapsed, 1) if elapsed else 0.0,

@@ -1,0 +1,78 @@
+"""The whole benchmark pipeline on a tiny seed: seeding with COPY, the production
+servers, wrk, the WebSocket clients, the loadtest and the report. It checks that
+every figure was measured and that nothing failed, never how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentsflow.testing import BASE_DIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.postgres, pytest.mark.redis]
+
+HTTP_FIGURES = ("ceiling", "models", "models_anonymous", "conversations", "conversations_db", "chat")
+
+
+@pytest.fixture
+def results(tmp_path) -> dict:
+    if shutil.which("wrk") is None:
+        if os.environ.get("AGENTSFLOW_REQUIRE_SERVICES") == "1":
+            pytest.fail("wrk is not installed (.ci/run installs it)")
+        pytest.skip("needs wrk (apt-get install wrk)")
+    base, _, name = os.environ["DATABASE_URL"].rpartition("/")
+    database_url = f"{base}/{name.split('?')[0]}_benchsmoke"
+    command = [sys.executable, "-m", "bench.run", "--tiny", "--reseed", "--no-profile"]
+    command += ["--database-url", database_url, "--out", str(tmp_path)]
+    finished = subprocess.run(command, cwd=BASE_DIR, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+    data["_stdout"], data["_markdown"] = finished.stdout, (tmp_path / "latest.md").read_text()
+    data["_logs"] = "\n".join(p.read_text()[-3000:] for p in sorted((tmp_path / "logs").glob("*.log")))
+    return data
+
+
+def test_the_benchmark_measures_every_figure_without_errors(results):
+    figures = {f["id"]: f for f in results["http"]}
+    for name in HTTP_FIGURES:
+        figure = figures[name]
+        assert figure["requests"] > 0, figure
+        assert all(code.startswith("2") for code in figure["statuses"]), figure
+        assert figure["errors_other"] == 0 and not figure["socket_errors"], figure
+    analytics = figures["analytics"]
+    assert analytics.get("skipped") or analytics["errors_other"] == 0
+
+    stream = results["stream"]
+    assert stream["finals"] == {"complete": stream["sockets"]}, (stream["error_messages"], results["_logs"])
+    assert stream["deltas_received"] == stream["deltas_expected"] > 0
+    assert stream["latency_ms"]["p50"] is not None
+
+    held = results["held"]
+    assert held["held"] == held["requested"] and held["failed"] == 0
+    assert held["server_gauge"] == held["requested"]
+    assert held["memory_held"]["rss_mb"] > held["memory_before"]["rss_mb"] > 0
+
+    cache = results["cache"]
+    assert cache["loadtest"]["requests"] > 0 and cache["loadtest"]["errors_other"] == 0
+    assert 0 < cache["cache"]["ratio"] <= 1
+    assert set(cache["cache"]["families"]) >= {"apikey", "models"}
+
+    auth = results["auth"]
+    assert auth["memory_tier_p50_us"] > 0 and auth["redis_tier_p50_us"] > 0 and auth["database_p50_us"] > 0
+    assert results["errors"]["other"] == 0
+
+
+def test_the_report_has_the_table_and_the_machine(results):
+    markdown = results["_markdown"]
+    assert "| figure | req/s (or value) |" in markdown
+    for figure in results["http"]:
+        assert figure["label"] in markdown and figure["label"][:40] in results["_stdout"]
+    machine = results["machine"]
+    assert machine["nproc"] >= 1 and machine["memory_gb"] > 0 and machine["git_sha"]
+    assert str(Path(results["setup"]["topology"])) and "granian" in results["setup"]["topology"]
