@@ -65,7 +65,6 @@ def _fresh_caches():
     from django.core.cache import caches
 
     two_tier.local.clear()
-    two_tier._shared_down_until = 0.0
     ratelimit.local_counter.clear()
     redis.breaker.reset()
     for alias in settings.CACHES:

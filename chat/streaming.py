@@ -367,7 +367,7 @@ async def cancel(message_id: int) -> None:
         await shared.request_cancel(message_id)
 
 
-async def _interrupted(message: Message) -> bool:
+async def mark_if_orphaned(message: Message) -> bool:
     """True (and the reply marked, see chat.sweeper) when no process is producing
     a streaming reply any more."""
     from chat import sweeper
@@ -381,7 +381,7 @@ async def _interrupted(message: Message) -> bool:
     return True
 
 
-def _load_reply(message_id: int) -> Message | None:
+def load_reply(message_id: int) -> Message | None:
     return Message.objects.filter(pk=message_id, role=Message.Role.ASSISTANT).first()
 
 
@@ -447,11 +447,11 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
             await shared.renew_listener_lease(message_id, LEASE_TTL)
         if not batch and now >= next_db_check:
             next_db_check = now + 1.0
-            message = await sync_to_async(_load_reply)(message_id)
+            message = await sync_to_async(load_reply)(message_id)
             if message is None:
                 return
-            if message.status == Message.Status.STREAMING and await _interrupted(message):
-                message = await sync_to_async(_load_reply)(message_id)
+            if message.status == Message.Status.STREAMING and await mark_if_orphaned(message):
+                message = await sync_to_async(load_reply)(message_id)
             if message.status != Message.Status.STREAMING:
                 tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
                 if tail and tail[-1]["type"] in TERMINAL:
