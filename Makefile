@@ -26,7 +26,7 @@ migrate: venv
 ## in-process cache and channel layer, the bundled local model).
 run: migrate
 	$(PY) manage.py bootstrap
-	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576
+	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576 --no-proxy-headers
 
 ## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
 test: venv

@@ -10,11 +10,13 @@ django_asgi_app = get_asgi_application()  # sets up Django before the imports be
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from core.asgi import SizedBody  # noqa: E402
 from core.websocket_auth import APIKeyOrSessionAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # A chunked body is capped and given a length before Django reads it.
+        "http": SizedBody(django_asgi_app),
         # Checks the Origin itself: required for cookie sessions, optional for API keys.
         "websocket": APIKeyOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }

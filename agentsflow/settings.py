@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "core.middleware.XFrameOptionsMiddleware",
     "core.middleware.GZipMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
+    "core.middleware.QueryStringMiddleware",
     "core.middleware.RequestTimeoutMiddleware",
     "core.middleware.SessionMiddleware",
     "core.middleware.CommonMiddleware",
@@ -351,7 +352,7 @@ ROLLUP_SETTLE_SECONDS = env_int("ROLLUP_SETTLE_SECONDS", 3600, minimum=0)  # buc
 ROLLUP_INTERVAL_SECONDS = env_int("ROLLUP_INTERVAL_SECONDS", 60, minimum=1)  # `rollup --loop` default
 ROLLUP_STATEMENT_TIMEOUT_MS = env_int("ROLLUP_STATEMENT_TIMEOUT_MS", 300_000, minimum=0)
 MESSAGE_RETENTION_DAYS = env_int("MESSAGE_RETENTION_DAYS", 90, minimum=1)
-ANALYTICS_CACHE_SECONDS = env_int("ANALYTICS_CACHE_SECONDS", 30, minimum=1)
+ANALYTICS_CACHE_SECONDS = env_int("ANALYTICS_CACHE_SECONDS", 30, minimum=0)  # 0: no caching
 ANALYTICS_MAX_RANGE_DAYS = env_int("ANALYTICS_MAX_RANGE_DAYS", 366, minimum=1)  # daily buckets
 ANALYTICS_MAX_HOURLY_RANGE_DAYS = env_int("ANALYTICS_MAX_HOURLY_RANGE_DAYS", 31, minimum=1)
 ANALYTICS_MAX_EXPORT_DAYS = env_int("ANALYTICS_MAX_EXPORT_DAYS", 3660, minimum=1)

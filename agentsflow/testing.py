@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -63,6 +64,9 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "--workers",
             str(workers),
             "--no-access-log",
+            # core.net decides who the client is (TRUSTED_PROXIES); uvicorn would
+            # otherwise believe X-Forwarded-For from any loopback peer.
+            "--no-proxy-headers",
             "--lifespan",
             "off",
             "--ws-max-size",
@@ -109,8 +113,13 @@ def run_server(
     log_path: Path | None = None,
     ready_path: str = "/health",
     timeout: float = 30.0,
+    cwd: Path = BASE_DIR,
 ) -> Iterator[Server]:
-    """Start a server process on a free loopback port; stop it (and its workers) on exit."""
+    """Start a server process on a free loopback port; stop it (and its workers) on exit.
+
+    ``cwd`` is the checkout the server imports the project from (benchmarks run
+    an older checkout next to this one to compare them).
+    """
     port = free_port()
     full_env = {**os.environ, **(env or {})}
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
@@ -119,7 +128,7 @@ def run_server(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             server_command(kind, port, workers),
-            cwd=BASE_DIR,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -218,3 +227,148 @@ def prepare_platform(env: dict[str, str], *, scopes: str = "chat,conversations:r
     manage("createuser", email, "--password", password, env=env)
     key = manage("issuekey", email, "--scopes", scopes, env=env).strip()
     return Platform(env=env, key=key, email=email, password=password)
+
+
+# --- The production stack: nginx -> granian WSGI + uvicorn ASGI ------------------------
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_MISSING = not Path(NGINX).exists()
+
+
+@dataclass
+class Stack:
+    """A running production stack (see ``run_stack``)."""
+
+    url: str  # nginx: what clients use
+    wsgi_url: str  # granian WSGI, directly
+    asgi_url: str  # uvicorn ASGI, directly
+    env: dict[str, str]  # what the servers run with on top of this process's environment
+    directory: Path  # rendered nginx.conf, logs, static files, temp files
+    static_root: Path
+    logs: dict[str, Path]  # "nginx_error", "nginx_access", "wsgi", "asgi"
+    processes: dict[str, subprocess.Popen]  # "nginx", "wsgi", "asgi"
+
+    def log(self, name: str) -> str:
+        path = self.logs[name]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def production_env(tmp_dir: Path) -> dict[str, str]:
+    """Production settings for a loopback run: plain HTTP, so no SSL redirect."""
+    return {
+        "AGENTSFLOW_ENV": "production",
+        "SECRET_KEY": "stack-" + secrets.token_urlsafe(48),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "false",
+        "AGENTSFLOW_VAR_DIR": str(tmp_dir / "var"),
+        "STATIC_ROOT": str(tmp_dir / "static"),
+        "TRUSTED_PROXIES": "127.0.0.1",
+    }
+
+
+@contextlib.contextmanager
+def run_stack(
+    env: dict[str, str] | None = None,
+    *,
+    tmp_dir: Path | None = None,
+    wsgi_workers: int | None = None,
+    asgi_workers: int = 2,
+    nginx: dict | None = None,
+    asgi_only: bool = False,
+    collectstatic: bool = True,
+    timeout: float = 60.0,
+) -> Iterator[Stack]:
+    """Run the platform as deployed: nginx in front of granian WSGI and uvicorn ASGI,
+    each started by its production script (ops/run-wsgi.sh, ops/run-asgi.sh) on free
+    loopback ports; wait until all three answer /health; stop everything on exit.
+
+    ``env`` is laid over ``production_env`` (production settings, plain HTTP) and
+    over this process's environment; pass the database and Redis there, e.g.
+    ``fresh_database_env(...)`` after ``prepare_platform(...)``. ``tmp_dir`` (a new
+    temporary directory by default, removed on exit) holds the rendered
+    nginx.conf, the logs and STATIC_ROOT, filled by ``collectstatic``.
+    ``wsgi_workers`` defaults to the run script's (one per core). ``nginx``
+    overrides ops.render.NginxConfig fields, e.g. ``{"api_rate": None}`` switches
+    nginx's per-address API limit off (tests of the platform's own limits), and
+    ``{"api_rate": None, "auth_rate": None, "conn_limit": None}`` every per-address
+    limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts
+    no WSGI server and nginx sends everything to ASGI (the single-server
+    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's). As root,
+    nginx's workers run as root too (they read STATIC_ROOT under a private tmp).
+
+    Yields a ``Stack``: ``.url`` (nginx), ``.wsgi_url``, ``.asgi_url``, ``.logs``
+    (paths by name), ``.log(name)``, ``.processes``.
+    """
+    from ops.render import NginxConfig, render
+
+    with contextlib.ExitStack() as cleanup:
+        if tmp_dir is None:
+            tmp_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="agentsflow-stack-")))
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        overrides = {**production_env(tmp_dir), **(env or {})}
+        if collectstatic:
+            manage("collectstatic", "--no-input", env=overrides)
+
+        asgi_port, nginx_port = free_port(), free_port()
+        wsgi_port = asgi_port if asgi_only else free_port()
+        overrides.update(
+            WSGI_PORT=str(wsgi_port),
+            ASGI_PORT=str(asgi_port),
+            ASGI_WORKERS=str(asgi_workers),
+            WSGI_PROMETHEUS_DIR=str(tmp_dir / "prometheus-wsgi"),
+            ASGI_PROMETHEUS_DIR=str(tmp_dir / "prometheus-asgi"),
+        )
+        if wsgi_workers:
+            overrides["WSGI_WORKERS"] = str(wsgi_workers)
+        full_env = {**os.environ, **overrides, "DJANGO_SETTINGS_MODULE": "agentsflow.settings", "VENV": str(BIN.parent)}
+        logs = {name: tmp_dir / f"{name}.log" for name in ("nginx_error", "nginx_access", "wsgi", "asgi")}
+        loopback = {
+            "listen": f"127.0.0.1:{nginx_port}",
+            "wsgi": f"127.0.0.1:{wsgi_port}",
+            "asgi": f"127.0.0.1:{asgi_port}",
+            "static_root": overrides["STATIC_ROOT"],
+            "user": "root" if os.geteuid() == 0 else None,
+            "pid": str(tmp_dir / "nginx.pid"),
+            "error_log": str(logs["nginx_error"]),
+            "access_log": str(logs["nginx_access"]),
+            "temp_dir": str(tmp_dir / "nginx-temp"),
+            "daemon": False,
+        }
+        config = NginxConfig(**{**loopback, **(nginx or {})})
+        (tmp_dir / "nginx-temp").mkdir(exist_ok=True)
+        conf = tmp_dir / "nginx.conf"
+        conf.write_text(render(config))
+
+        commands = {
+            "wsgi": [str(BASE_DIR / "ops" / "run-wsgi.sh")],
+            "asgi": [str(BASE_DIR / "ops" / "run-asgi.sh")],
+            "nginx": [NGINX, "-p", str(tmp_dir), "-c", str(conf), "-e", str(logs["nginx_error"])],
+        }
+        if asgi_only:
+            del commands["wsgi"]
+        processes: dict[str, subprocess.Popen] = {}
+        for name, command in commands.items():
+            log_path = logs["nginx_error" if name == "nginx" else name]
+            with open(log_path, "ab") as log:
+                processes[name] = subprocess.Popen(
+                    command, cwd=BASE_DIR, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            cleanup.callback(stop, processes[name])  # stopped in reverse: nginx first
+
+        stack = Stack(
+            url=f"http://127.0.0.1:{nginx_port}",
+            wsgi_url=f"http://127.0.0.1:{wsgi_port}",
+            asgi_url=f"http://127.0.0.1:{asgi_port}",
+            env=overrides,
+            directory=tmp_dir,
+            static_root=Path(overrides["STATIC_ROOT"]),
+            logs=logs,
+            processes=processes,
+        )
+        for name, url in (("wsgi", stack.wsgi_url), ("asgi", stack.asgi_url), ("nginx", stack.url)):
+            if name not in processes:
+                continue
+            log_name = "nginx_error" if name == "nginx" else name
+            server = Server(url=url, port=0, process=processes[name], log_path=logs[log_name])
+            _wait_until_up(server, "/health", timeout)
+        yield stack

@@ -78,6 +78,7 @@ class TimeseriesView(APIView):
             OpenApiParameter(
                 "metric", str, enum=list(selectors.METRICS), description="Default `requests`. Latencies in ms."
             ),
+            OpenApiParameter("model", str, description="Only this model's usage (a model name)."),
             GRANULARITY,
             *RANGE_PARAMETERS,
         ],
@@ -89,9 +90,10 @@ class TimeseriesView(APIView):
         query = request.query_params
         scope = params.scope(request)
         metric = params.choice(query, "metric", selectors.METRICS, "requests")
+        model = params.model_name(query)
         granularity = params.granularity(query)
         start, end = params.date_range(query, granularity)
-        return Response(selectors.usage_timeseries(scope, metric, granularity, start, end))
+        return Response(selectors.usage_timeseries(scope, metric, granularity, start, end, model=model))
 
 
 class BreakdownView(APIView):

@@ -79,6 +79,16 @@ def date_range(params, granularity: Granularity, *, max_days: int | None = None)
     return start, end
 
 
+def model_name(params) -> str | None:
+    """``?model=``: a model's name (any name: a model that no longer exists still has history)."""
+    raw = params.get("model")
+    if raw in (None, ""):
+        return None
+    if len(raw) > 64 or not re.fullmatch(r"[-a-zA-Z0-9_.:]+", raw):
+        raise _invalid("model", "A model name (letters, digits, '-', '_', '.', ':'; at most 64) is required.")
+    return raw
+
+
 def limit(params, *, default: int = 10, maximum: int = 100) -> int:
     raw = params.get("limit")
     if raw in (None, ""):

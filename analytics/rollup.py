@@ -281,6 +281,8 @@ def compute_rows(granularity: Granularity, start: datetime, end: datetime) -> li
     window = _Window(granularity, start, end)
     cells = _cell_totals(window)
     _add_conversations(window, cells)
+    if not cells:
+        return []  # a quiet window: nothing else to read
     if connection.vendor == "postgresql":
         hists, percentiles = _latency_stats_postgresql(window)
     else:

@@ -74,6 +74,8 @@ def aligned(granularity: Granularity, start: datetime, end: datetime) -> tuple[d
 
 
 def _cached(kind: str, scope: Scope, parts: tuple, compute):
+    if not settings.ANALYTICS_CACHE_SECONDS:
+        return compute()
     key = ":".join([kind, cache_generation(), scope.cache_key, *map(str, parts)])
     return two_tier.get_or_compute(CACHE_FAMILY, key, compute, ttl=settings.ANALYTICS_CACHE_SECONDS)
 
@@ -157,27 +159,38 @@ _TIMESERIES_FIELDS = {
 }
 
 
-def usage_timeseries(scope: Scope, metric: str, granularity: Granularity, start: datetime, end: datetime) -> dict:
+def usage_timeseries(
+    scope: Scope,
+    metric: str,
+    granularity: Granularity,
+    start: datetime,
+    end: datetime,
+    *,
+    model: str | None = None,
+) -> dict:
     """One value of ``metric`` per bucket in ``[start, end)``, oldest first, every bucket present:
     counts are 0 and the other metrics null where nothing happened. Percentiles are
-    the buckets' exact ``percentile_cont`` values."""
+    the buckets' exact ``percentile_cont`` values. With ``model``, only that model's usage."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     start, end = aligned(granularity, start, end)
 
     def compute() -> dict:
-        dimension = Dimension.ALL if scope.is_everyone else Dimension.USER
+        if model is None:
+            rows = _rows(granularity, Dimension.ALL if scope.is_everyone else Dimension.USER, scope, start, end)
+        else:
+            dimension = Dimension.MODEL if scope.is_everyone else Dimension.USER_MODEL
+            rows = _rows(granularity, dimension, scope, start, end).filter(model_name=model)
         fields = _TIMESERIES_FIELDS.get(metric, (metric,))
-        by_bucket = {
-            row["bucket"]: row for row in _rows(granularity, dimension, scope, start, end).values("bucket", *fields)
-        }
+        by_bucket = {row["bucket"]: row for row in rows.values("bucket", *fields)}
         points = [
             {"t": iso(moment), "value": _point_value(metric, by_bucket.get(moment))}
             for moment in buckets.starts(granularity, start, end)
         ]
-        return {**_envelope(scope, granularity, start, end), "metric": metric, "points": points}
+        return {**_envelope(scope, granularity, start, end), "metric": metric, "model": model, "points": points}
 
-    return _cached("timeseries", scope, (metric, granularity, start.timestamp(), end.timestamp()), compute)
+    parts = (metric, granularity, start.timestamp(), end.timestamp(), model or "")
+    return _cached("timeseries", scope, parts, compute)
 
 
 # --- Breakdown --------------------------------------------------------------------------------

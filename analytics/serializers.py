@@ -52,6 +52,7 @@ class PointSerializer(serializers.Serializer):
 
 class TimeseriesSerializer(RangeSerializer):
     metric = serializers.CharField()
+    model = serializers.CharField(allow_null=True, help_text="The model filtered on, or null.")
     points = PointSerializer(many=True)
 
 

@@ -132,7 +132,9 @@ async def stream_reply(reply_id: int, *, after_seq: int = 0, **ids) -> HttpRespo
 def _prepare_send(caller: Caller, conversation_id: int | None, data: dict, idempotency) -> SendPlan:
     user = caller.user
     quotas.check(user)
-    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id) if conversation_id else None
+    conversation = (
+        selectors.conversation_get(user=user, conversation_id=conversation_id) if conversation_id is not None else None
+    )
     requested = data.get("model") or (conversation.model_name if conversation else None)
     model = usable_model(requested, tier=user.tier)
     return services.message_send_prepare(

@@ -236,9 +236,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- outgoing ---------------------------------------------------------------------------
 
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale database connections before every message, which is a
+        # hop to the sync thread; reply events never touch the database (the handlers
+        # that do go through database_sync_to_async, which closes them itself), and
+        # that hop per batch of tokens cost more than sending the tokens.
+        if message.get("type") == "chat.events":
+            await self.chat_events(message)
+            return
+        await super().dispatch(message)
+
     async def chat_events(self, event: dict) -> None:
-        """Reply events from the conversation groups (and replays), each sent once, in order."""
-        for item in event["events"]:
+        """Reply events from the conversation groups (and replays), each sent once, in order.
+
+        A generation sends ``packed``: its events already encoded, one JSON object
+        a line, which go out as they are (a channel layer copies or serialises a
+        list of dicts event by event; one bytes value costs next to nothing).
+        """
+        if "packed" in event:
+            items = [(raw, orjson.loads(raw)) for raw in event["packed"].split(b"\n")]
+        else:
+            items = [(None, item) for item in event["events"]]
+        for raw, item in items:
             message_id = item["message_id"]
             if item["seq"] <= self.last_seq.get(message_id, 0):
                 continue
@@ -248,7 +267,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             elif item["type"] in streaming.TERMINAL:
                 self.in_flight.discard(message_id)
                 self.last_seq.pop(message_id, None)
-            await self._send(item)
+            if raw is None:
+                await self._send(item)
+            else:
+                await self.send(text_data=raw.decode())
 
     async def _send(self, payload: dict) -> None:
         await self.send(text_data=orjson.dumps(payload).decode())

@@ -133,9 +133,19 @@ _SCHEMAS = {
             "usage": {"type": "object"},
         },
     },
+    "ModelObject": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["model"]},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
     "ModelObjectList": {
         "type": "object",
-        "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": {"type": "object"}}},
+        "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": _ref("ModelObject")}},
     },
     "MessagePage": {
         "type": "object",
@@ -225,6 +235,12 @@ def _paths() -> dict:
                 "A new reply to the same user message.",
                 _send_responses("RegenerateResponse"),
                 parameters=message_id,
+                requestBody={
+                    "required": False,
+                    "content": _json(
+                        {"type": "object", "properties": {"stream": {"type": "boolean", "default": False}}}
+                    ),
+                },
             )
         },
         "/api/messages/{message_id}/cancel": {
@@ -276,6 +292,18 @@ def _paths() -> dict:
                     "200": {"description": "The list.", "content": _json(_ref("ModelObjectList"))},
                     **_errors(401, schema="OpenAIError"),
                 },
+            )
+        },
+        "/v1/models/{name}": {
+            "get": _op(
+                "openai_model_retrieve",
+                "openai",
+                "One model this key may use, in OpenAI's format.",
+                {
+                    "200": {"description": "The model.", "content": _json(_ref("ModelObject"))},
+                    **_errors(401, 404, schema="OpenAIError"),
+                },
+                parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
             )
         },
     }

@@ -92,7 +92,12 @@ def _replay_key(message_id: int) -> str:
 
 
 async def replay_append(message_id: int, events: list[dict]) -> None:
-    await store().rpush(_replay_key(message_id), [orjson.dumps(e) for e in events], settings.CHAT_REPLAY_TTL_SECONDS)
+    await replay_append_encoded(message_id, [orjson.dumps(e) for e in events])
+
+
+async def replay_append_encoded(message_id: int, encoded: list[bytes]) -> None:
+    """The same, for events already encoded with orjson (the generation encodes each once)."""
+    await store().rpush(_replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
 
 
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:

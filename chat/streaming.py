@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
@@ -48,6 +49,7 @@ WATCH_INTERVAL = 0.25  # how often a generation checks for cancel requests and l
 ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0  # a running generation says so; the sweeper trusts silence after ALIVE_TTL
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
+YIELD_EVERY_CHUNKS = 16  # a burst of chunks gives the event loop back this often
 
 USER_CANCEL = "cancelled by the user"
 
@@ -143,10 +145,13 @@ class Generation:
                 batch.pop()
             if not batch:
                 continue
-            await shared.replay_append(self.message_id, batch)
+            # Encoded once: the replay buffer stores these bytes and the sockets send
+            # them as they are (JSON lines; orjson escapes newlines inside strings).
+            encoded = [orjson.dumps(event) for event in batch]
+            await shared.replay_append_encoded(self.message_id, encoded)
             if layer is not None:
                 try:
-                    await layer.group_send(group, {"type": "chat.events", "events": batch})
+                    await layer.group_send(group, {"type": "chat.events", "packed": b"\n".join(encoded)})
                 except Exception as exc:  # a dead channel layer must not stop the reply
                     logger.warning("channel layer send failed: %s", exc.__class__.__name__)
 
@@ -256,7 +261,14 @@ class Generation:
 
     async def _consume(self, state: dict, started: float) -> None:
         async with contextlib.aclosing(self._chunks()) as chunks:
+            count = 0
             async for chunk in chunks:
+                count += 1
+                if count % YIELD_EVERY_CHUNKS == 0:
+                    # An upstream faster than us never makes the read wait, so this loop
+                    # would hold the event loop for the whole reply: let the listeners
+                    # (and every other request of this process) run now and then.
+                    await asyncio.sleep(0)
                 if chunk.delta:
                     if state["ttft_ms"] is None:
                         state["ttft_ms"] = int((time.monotonic() - started) * 1000)

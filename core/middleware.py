@@ -263,6 +263,20 @@ class BodySizeLimitMiddleware(DualModeMiddleware):
         return None
 
 
+class QueryStringMiddleware(DualModeMiddleware):
+    """Refuse an API query string holding a NUL character with a JSON 400: PostgreSQL
+    text cannot hold one, so a filter on it would fail as a 500 (JSON bodies are
+    refused the same way by core.parsers)."""
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        query = request.META.get("QUERY_STRING", "")
+        if ("%00" not in query and "\x00" not in query) or not is_api_path(request.path):
+            return None
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            return error_response(400, "bad_request", "NUL characters are not allowed in the query string.")
+        return None
+
+
 class RequestTimeoutMiddleware(DualModeMiddleware):
     """Under ASGI, a request that has not produced its response after
     REQUEST_TIMEOUT_SECONDS is cancelled and answered 504 (a stream counts from its

@@ -9,12 +9,29 @@ from core.exceptions import PayloadTooLarge
 
 # A JSON "\u0000" escape not itself escaped by a preceding backslash.
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# No request of ours nests deeper than a few levels; a value nested hundreds deep
+# makes str() and repr() in validation recurse past Python's limit (a 500).
+MAX_JSON_DEPTH = 32
+
+
+def too_deep(value, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests arrays and objects deeper than ``limit`` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def parse_json_body(body: bytes):
     """Parse a JSON request body, rejecting what PostgreSQL or our code cannot take.
 
-    Invalid UTF-8 and nesting deeper than orjson's limit fail to parse; NUL
+    Invalid UTF-8 and nesting deeper than MAX_JSON_DEPTH fail to parse; NUL
     characters are refused because PostgreSQL text cannot hold them.
     """
     if not body.strip():
@@ -22,9 +39,12 @@ def parse_json_body(body: bytes):
     if b"\x00" in body or (b"\\u0000" in body and _NUL_ESCAPE.search(body)):
         raise ParseError("JSON parse error: NUL characters are not allowed.")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"JSON parse error: {exc}") from None
+    if too_deep(value):
+        raise ParseError(f"JSON parse error: nested deeper than {MAX_JSON_DEPTH} levels.")
+    return value
 
 
 def read_limited(stream, limit: int) -> bytes:

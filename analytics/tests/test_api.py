@@ -70,7 +70,12 @@ def usage(make_user, make_key, settings):
         "bob_key": bob_key,
         "clients": {
             name: _client(plain)
-            for name, plain in {"alice": alice_plain, "bob": bob_plain, "staff": staff_plain, "chat_only": chat_only}.items()
+            for name, plain in {
+                "alice": alice_plain,
+                "bob": bob_plain,
+                "staff": staff_plain,
+                "chat_only": chat_only,
+            }.items()
         },
     }
 
@@ -159,6 +164,8 @@ BAD = [
     ("summary", "user=99999999999999999999999", "user"),
     ("timeseries", "metric=happiness", "metric"),
     ("timeseries", "granularity=minute", "granularity"),
+    ("timeseries", "model=" + "x" * 65, "model"),
+    ("timeseries", "model=a%20b", "model"),
     ("timeseries", "granularity=hour&from=2026-01-01&to=2026-06-01", "from"),
     ("breakdown", "by=planet", "by"),
     ("breakdown", "order=latency_p50_ms", "order"),
@@ -224,10 +231,21 @@ def test_timeseries_has_every_bucket_in_local_days(usage):
 
 def test_timeseries_by_hour(usage):
     body = _get(
-        usage["clients"]["alice"], "timeseries", "metric=tokens&granularity=hour&from=2026-11-10T09:00Z&to=2026-11-10T12:00Z"
+        usage["clients"]["alice"],
+        "timeseries",
+        "metric=tokens&granularity=hour&from=2026-11-10T09:00Z&to=2026-11-10T12:00Z",
     ).json()
     assert [p["value"] for p in body["points"]] == [45, 0, 15]
     assert body["points"][0]["t"] == "2026-11-10T10:00:00+01:00"
+
+
+def test_timeseries_of_one_model(usage):
+    query = "metric=requests&from=2026-11-09&to=2026-11-12&model=alpha"
+    everyone = _get(usage["clients"]["staff"], "timeseries", query).json()
+    assert everyone["model"] == "alpha"
+    assert [p["value"] for p in everyone["points"]] == [0, 3, 2, 0]
+    alice = _get(usage["clients"]["alice"], "timeseries", query.replace("alpha", "beta")).json()
+    assert [p["value"] for p in alice["points"]] == [0, 1, 0, 0]
 
 
 def test_breakdown_by_model_and_key(usage):
@@ -255,7 +273,9 @@ def test_breakdown_for_a_user_shows_only_that_user(usage):
 # --- Caching and query budgets --------------------------------------------------------------------
 
 
-def test_answers_are_cached_and_a_rollup_run_retires_them(usage, django_assert_num_queries, django_assert_max_num_queries):
+def test_answers_are_cached_and_a_rollup_run_retires_them(
+    usage, django_assert_num_queries, django_assert_max_num_queries
+):
     staff = usage["clients"]["staff"]
     assert _get(staff, "summary").json()["requests"] == 6  # warms the key lookup too
     with django_assert_num_queries(0):

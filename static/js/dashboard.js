@@ -162,17 +162,18 @@
     try {
       const [series, models, users, keys] = await Promise.all([
         getJSON(`${usage.dataset.timeseriesUrl}?metric=messages&granularity=day&${span}`),
-        getJSON(`${usage.dataset.breakdownUrl}?by=model&${span}`),
-        getJSON(`${usage.dataset.breakdownUrl}?by=user&${span}&limit=10`),
-        getJSON(`${usage.dataset.breakdownUrl}?by=key&${span}&limit=10`),
+        getJSON(`${usage.dataset.breakdownUrl}?by=model&order=tokens&${span}`),
+        getJSON(`${usage.dataset.breakdownUrl}?by=user&order=messages&limit=10&${span}`),
+        getJSON(`${usage.dataset.breakdownUrl}?by=key&order=messages&limit=10&${span}`),
       ]);
       const points = series.points || [];
-      const modelRows = models.rows || [];
+      const modelRows = models.results || [];
       $("usage-empty").hidden = points.some((p) => p.value > 0) || modelRows.length > 0;
-      barChart("chart-messages", "messages", points.map((p) => p.start.slice(0, 10)), points.map((p) => p.value), "#3456d1");
-      barChart("chart-tokens", "tokens", modelRows.map((r) => r.label), modelRows.map((r) => r.tokens_in + r.tokens_out), "#16794c");
-      fillTable("top-users", (users.rows || []).map((r) => [r.label, fmt.num(r.messages), fmt.num(r.tokens_in + r.tokens_out)]));
-      fillTable("top-keys", (keys.rows || []).map((r) => [r.label, fmt.num(r.messages), fmt.num(r.tokens_in + r.tokens_out)]));
+      barChart("chart-messages", "messages", points.map((p) => p.t.slice(0, 10)), points.map((p) => p.value), "#3456d1");
+      barChart("chart-tokens", "tokens", modelRows.map((r) => r.label), modelRows.map((r) => r.tokens), "#16794c");
+      const top = (r) => [r.label, fmt.num(r.messages), fmt.num(r.tokens)];
+      fillTable("top-users", (users.results || []).map(top));
+      fillTable("top-keys", (keys.results || []).map(top));
     } catch (error) {
       $("usage-empty").hidden = false;
       $("usage-empty").textContent = `Usage is unavailable: ${error.message}`;

@@ -1,4 +1,5 @@
 import logging
+import os
 import signal
 import threading
 
@@ -9,6 +10,7 @@ from rest_framework.exceptions import ValidationError
 
 from analytics import rollup
 from analytics.params import moment
+from core import live_metrics
 
 logger = logging.getLogger("agentsflow.analytics")
 
@@ -47,6 +49,10 @@ class Command(BaseCommand):
         while True:
             try:
                 self._run_once(since_at, verbosity)
+                if loop and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                    # The servers' metrics files are readable here: keep the dashboard's
+                    # history going while nobody has the dashboard open.
+                    live_metrics.record_sample_if_due()
             except Exception:
                 if not loop:
                     raise

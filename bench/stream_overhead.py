@@ -1,0 +1,533 @@
+"""What the platform adds to a streamed reply, against calling the upstream directly.
+
+    python -m bench.stream_overhead --rounds 5 --tokens 2000 [--concurrency 20] [--baseline main]
+
+Starts the fake OpenAI-compatible upstream (bench/fake_upstream.py, a process of
+its own, no latency, as fast as it can send) and the platform in production
+settings as a real uvicorn process: once with the embedded defaults (SQLite,
+in-memory cache and channel layer), and once more with PostgreSQL and Redis when
+DATABASE_URL and REDIS_URL are set. Then, in interleaved rounds (the order
+rotates each round), it streams the same N-token completion:
+
+- ``direct``: from the upstream itself (httpx, SSE parsed here),
+- ``v1``: through the platform's ``POST /v1/chat/completions`` with ``stream``,
+- ``rest-sse``: through ``POST /api/conversations/<id>/messages`` with ``stream``,
+- ``websocket``: through ``ws/chat/`` (the ``websockets`` client, one open socket).
+
+Per path: median time to first token, median total time, tokens per second, and
+the overhead per streamed token, ``(platform total − direct total) / tokens``
+(median over rounds, with min and max), plus the fixed per-request overhead (the
+difference in time to first token). The concurrent variant streams
+``--concurrency`` replies at once per path and compares wall times the same way.
+
+``--baseline REF`` also runs the platform as it is at git ``REF`` (exported to
+a temporary directory, same database) next to this checkout's, interleaved in
+the same rounds, to show a change's before and after.
+
+Every client keeps its connection open between requests (HTTP keep-alive, one
+socket), so connection set-up is not counted. The client, the upstream and the
+server share the machine's cores: figures are for comparing rows of one run.
+Results: bench/results/stream_overhead.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import websockets
+
+from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
+from bench.fake_upstream import run_fake_upstream
+
+RESULTS = BASE_DIR / "bench" / "results"
+PATHS = ("v1", "rest-sse", "websocket")
+PROMPT = "Tell me a long story."
+
+
+@dataclass
+class Sample:
+    ttft: float  # seconds from sending the request to the first text delta
+    total: float  # seconds from sending the request to the end of the reply
+    tokens: int  # text deltas received
+
+
+@dataclass
+class Target:
+    """One platform server under test."""
+
+    label: str  # e.g. "embedded" or "embedded/baseline"
+    url: str
+    key: str
+    client: httpx.AsyncClient | None = None
+    socket: websockets.ClientConnection | None = None
+
+
+# --- clients ------------------------------------------------------------------------
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The JSON data of each server-sent event, parsed straight from the bytes."""
+    buffer = b""
+    async for piece in response.aiter_raw():
+        buffer += piece
+        *events, buffer = buffer.split(b"\n\n")
+        for raw in events:
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data: "):
+                    yield line[6:]
+
+
+async def stream_openai(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> Sample:
+    """An OpenAI-format stream (the upstream itself, or the platform's /v1)."""
+    started = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", url, json=body, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread())[:300]!r}")
+        async for data in sse_events(response):
+            if data == b"[DONE]":
+                continue
+            event = orjson.loads(data)
+            choices = event.get("choices") or ()
+            if choices and choices[0]["delta"].get("content"):
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter()
+    return Sample(first - started, time.perf_counter() - started, tokens)
+
+
+async def stream_rest(target: Target, conversation_id: int) -> Sample:
+    started = time.perf_counter()
+    first, tokens, final = None, 0, None
+    async with target.client.stream(
+        "POST",
+        f"{target.url}/api/conversations/{conversation_id}/messages",
+        json={"content": PROMPT, "model": "bench", "stream": True},
+    ) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"REST send answered {response.status_code}: {(await response.aread())[:300]!r}")
+        async for data in sse_events(response):
+            event = orjson.loads(data)
+            if event["type"] == "delta":
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter()
+            elif event["type"] in ("done", "error"):
+                final = event
+    ended = time.perf_counter()
+    if final is None or final["type"] != "done":
+        raise RuntimeError(f"REST stream ended with {final!r}")
+    return Sample(first - started, ended - started, tokens)
+
+
+async def stream_socket(socket: websockets.ClientConnection, conversation_id: int) -> Sample:
+    started = time.perf_counter()
+    await socket.send(
+        orjson.dumps({"type": "send", "content": PROMPT, "model": "bench", "conversation_id": conversation_id}).decode()
+    )
+    first, tokens, reply_id = None, 0, None
+    while True:
+        event = orjson.loads(await asyncio.wait_for(socket.recv(), 60))
+        kind = event["type"]
+        if kind == "accepted":
+            reply_id = event["message_id"]
+        elif event.get("message_id") != reply_id:
+            continue
+        elif kind == "delta":
+            tokens += 1
+            if first is None:
+                first = time.perf_counter()
+        elif kind in ("done", "error"):
+            if kind != "done":
+                raise RuntimeError(f"WebSocket stream ended with {event!r}")
+            return Sample(first - started, time.perf_counter() - started, tokens)
+
+
+async def new_conversations(target: Target, count: int) -> list[int]:
+    ids = []
+    for _ in range(count):
+        response = await target.client.post(f"{target.url}/api/conversations", json={"model": "bench"})
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    return ids
+
+
+async def open_socket(target: Target) -> websockets.ClientConnection:
+    socket = await websockets.connect(
+        target.url.replace("http", "ws", 1) + "/ws/chat/",
+        additional_headers={"Authorization": f"Bearer {target.key}"},
+        max_size=2**22,
+    )
+    ready = orjson.loads(await socket.recv())
+    if ready["type"] != "ready":
+        raise RuntimeError(f"WebSocket not ready: {ready!r}")
+    return socket
+
+
+# --- one measurement of a path (sequential, or `concurrency` at once) ----------------
+
+
+class Runner:
+    def __init__(self, upstream: str, tokens: int) -> None:
+        self.upstream = upstream
+        self.tokens = tokens
+        self.direct = httpx.AsyncClient(timeout=120, trust_env=False, limits=httpx.Limits(max_connections=500))
+
+    def direct_body(self) -> dict:
+        return {
+            "model": f"tokens-{self.tokens}",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": self.tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    async def prepare(self, target: Target | None, path: str, concurrency: int) -> Callable[[], Awaitable[Sample]]:
+        """Untimed set-up (conversations, sockets); returns the timed streams as one coroutine factory."""
+        if target is None:
+            return lambda: stream_openai(self.direct, f"{self.upstream}/chat/completions", self.direct_body(), {})
+        if path == "v1":
+            body = {
+                "model": "bench",
+                "messages": [{"role": "user", "content": PROMPT}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            return lambda: stream_openai(target.client, f"{target.url}/v1/chat/completions", body, {})
+        conversations = iter(await new_conversations(target, concurrency))
+        if path == "rest-sse":
+            return lambda: stream_rest(target, next(conversations))
+        if concurrency == 1:
+            return lambda: stream_socket(target.socket, next(conversations))
+        sockets = [await open_socket(target) for _ in range(concurrency)]
+        pool = iter(sockets)
+
+        async def on_own_socket() -> Sample:
+            socket = next(pool)
+            try:
+                return await stream_socket(socket, next(conversations))
+            finally:
+                await socket.close()
+
+        return on_own_socket
+
+    async def measure(self, target: Target | None, path: str, concurrency: int) -> dict:
+        one = await self.prepare(target, path, concurrency)
+        started = time.perf_counter()
+        samples = await asyncio.gather(*(one() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+        for sample in samples:
+            if sample.tokens != self.tokens:
+                raise RuntimeError(f"{path}: got {sample.tokens} tokens, expected {self.tokens}")
+        return {
+            "wall": wall,
+            "ttft": statistics.median(s.ttft for s in samples),
+            "total": statistics.median(s.total for s in samples),
+            "samples": [asdict(s) for s in samples],
+        }
+
+
+# --- servers ----------------------------------------------------------------------------
+
+
+def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
+    models = [
+        {
+            "name": "bench",
+            "provider": "fake",
+            "upstream_model": f"tokens-{tokens}",
+            "context_window": 8192,
+            "max_output_tokens": tokens,
+        }
+    ]
+    env = {
+        "AGENTSFLOW_VAR_DIR": str(tmp),
+        "EXTRA_PROVIDERS": "fake",
+        "FAKE_BASE_URL": upstream,
+        "AGENTSFLOW_MODELS": json.dumps(models),
+        # Production settings, as deployed (plain HTTP on loopback, so no SSL redirect).
+        "AGENTSFLOW_ENV": "production",
+        "SECRET_KEY": "stream-overhead-" + "k" * 60,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "false",
+        "ACCESS_LOG": "false",
+        "LOG_LEVEL": "warning",
+        # The benchmark sends far more than a user may: lift the limits so they never answer 429.
+        "RATE_LIMIT_REGULAR": "1000000",
+        "TOKEN_QUOTA_REGULAR": "1000000000",
+    }
+    if setup == "embedded":
+        # Empty values override this shell's DATABASE_URL and REDIS_URL: SQLite and memory.
+        env.update(DATABASE_URL="", REDIS_URL="", SQLITE_PATH=str(tmp / "embedded.sqlite3"))
+    else:
+        env.update(fresh_database_env("services", tmp))
+        env["REDIS_URL"] = os.environ["REDIS_URL"]
+    return env
+
+
+@contextlib.contextmanager
+def baseline_checkout(ref: str) -> Iterator[Path]:
+    """The project as it is at git ``ref``, exported to a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="stream-baseline-") as directory:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", ref], cwd=BASE_DIR, capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(directory, filter="data")
+        yield Path(directory)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def overheads(platform_runs: list[dict], direct_runs: list[dict], tokens: int, key: str) -> dict:
+    """Per-token and fixed overhead against the direct run of the same round."""
+    per_token = [(p[key] - d[key]) / tokens * 1e6 for p, d in zip(platform_runs, direct_runs, strict=True)]
+    streaming = [
+        ((p["total"] - p["ttft"]) - (d["total"] - d["ttft"])) / (tokens - 1) * 1e6
+        for p, d in zip(platform_runs, direct_runs, strict=True)
+    ]
+    fixed = [(p["ttft"] - d["ttft"]) * 1000 for p, d in zip(platform_runs, direct_runs, strict=True)]
+    return {
+        "us_per_token": _spread(per_token),
+        "us_per_token_after_first": _spread(streaming),
+        "ttft_delta_ms": _spread(fixed),
+    }
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(runs: list[dict], tokens: int, key: str) -> dict:
+    total = statistics.median(r[key] for r in runs)
+    return {
+        "ttft_ms": statistics.median(r["ttft"] for r in runs) * 1000,
+        "total_ms": total * 1000,
+        "tokens_per_s": tokens * (len(runs[0]["samples"])) / total,
+    }
+
+
+async def run_rounds(
+    runner: Runner, targets: list[Target], rounds: int, concurrency: int, *, log_prefix: str
+) -> dict[str, list[dict]]:
+    """Every (target, path) and the direct path once per round, the order rotated each round."""
+    cells: list[tuple[Target | None, str]] = [(None, "direct")]
+    cells += [(target, path) for target in targets for path in PATHS]
+    results: dict[str, list[dict]] = {_cell_name(t, p): [] for t, p in cells}
+    for number in range(rounds):
+        shift = number % len(cells)
+        for target, path in cells[shift:] + cells[:shift]:
+            results[_cell_name(target, path)].append(await runner.measure(target, path, concurrency))
+        print(f"{log_prefix} round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return results
+
+
+def _cell_name(target: Target | None, path: str) -> str:
+    return "direct" if target is None else f"{target.label} {path}"
+
+
+def machine_info() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0"
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(memory) / 2**20, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_average_start": os.getloadavg(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+async def bench(args: argparse.Namespace, servers: list[tuple[str, str, str]], upstream: str) -> dict:
+    runner = Runner(upstream, args.tokens)
+    targets = [Target(label, url, key, client=_platform_client(key), socket=None) for label, url, key in servers]
+    for target in targets:
+        target.socket = await open_socket(target)
+    try:
+        # Warm up every path once (first requests import and connect lazily).
+        await run_rounds(runner, targets, 1, 1, log_prefix="warm-up")
+        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential")
+        concurrent = {}
+        if args.concurrency > 1:
+            concurrent = await run_rounds(
+                runner, targets, args.concurrent_rounds, args.concurrency, log_prefix=f"{args.concurrency} at once"
+            )
+    finally:
+        for target in targets:
+            await target.socket.close()
+            await target.client.aclose()
+        await runner.direct.aclose()
+    return {"sequential": sequential, "concurrent": concurrent}
+
+
+def _platform_client(key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=120,
+        trust_env=False,
+        headers={"Authorization": f"Bearer {key}"},
+        limits=httpx.Limits(max_connections=500),
+    )
+
+
+def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dict]:
+    tokens = args.tokens
+    summary: dict[str, dict] = {}
+    for mode, key in (("sequential", "total"), ("concurrent", "wall")):
+        cells = raw[mode]
+        if not cells:
+            continue
+        direct = cells["direct"]
+        summary[mode] = {}
+        for name, runs in cells.items():
+            row = summarise(runs, tokens, key)
+            if name != "direct":
+                row.update(overheads(runs, direct, tokens * (len(runs[0]["samples"])), key))
+            summary[mode][name] = row
+
+    lines = [
+        "# Streaming overhead: the platform against the upstream directly",
+        "",
+        f"Command: `python -m bench.stream_overhead {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Python "
+        f"{machine['python']}, commit {machine['commit']}. Load average at start "
+        f"{'/'.join(f'{x:.2f}' for x in machine['load_average_start'])}, at end "
+        f"{'/'.join(f'{x:.2f}' for x in machine['load_average_end'])}: **the machine is shared with other "
+        "engineers' tests and benchmarks**, so compare rows of this run, not absolute figures across runs. "
+        "The client, the fake upstream and the server process share the same cores.",
+        "",
+        f"{tokens} tokens per reply (the fake upstream sends one word per event, no delay); one uvicorn worker; "
+        f"production settings; {args.rounds} interleaved rounds after a warm-up round.",
+        "",
+    ]
+    for mode in summary:
+        if mode == "sequential":
+            lines += ["## One stream at a time", ""]
+            lines += [
+                "Overhead per token = (platform total − direct total) / tokens, per round, median (min–max). "
+                "After first = the same for the time after the first token (the per-token relay cost alone). "
+                "Fixed = time-to-first-token difference (per-request cost: auth, database writes, upstream "
+                "connection).",
+                "",
+            ]
+        else:
+            lines += [f"## {args.concurrency} streams at once", ""]
+            lines += [
+                f"Each round starts {args.concurrency} streams on one path together; total = wall time until the "
+                f"last one ends, tokens/s = {args.concurrency} × {tokens} / wall time, TTFT = median over the streams. "
+                f"Overhead per token = (platform wall − direct wall) / ({args.concurrency} × {tokens}). "
+                f"{args.concurrent_rounds} rounds.",
+                "",
+            ]
+        lines += [
+            "| path | TTFT ms | total ms | tokens/s | overhead µs/token | after first µs/token | fixed ms |",
+            "| --- | ---: | ---: | ---: | --- | --- | --- |",
+        ]
+        for name, row in summary[mode].items():
+            if name == "direct":
+                lines.append(
+                    f"| direct (upstream) | {row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f} "
+                    "| — | — | — |"
+                )
+                continue
+            # With many streams at once, "after the first token" has no single meaning.
+            after_first = _fmt(row["us_per_token_after_first"]) if mode == "sequential" else "—"
+            lines.append(
+                f"| {name} | {row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f} "
+                f"| {_fmt(row['us_per_token'])} | {after_first} | {_fmt(row['ttft_delta_ms'], 1)} |"
+            )
+        lines.append("")
+    text = "\n".join(lines)
+    return text, {"machine": machine, "args": vars(args), "summary": summary, "raw": raw}
+
+
+def _fmt(spread: dict, digits: int = 0) -> str:
+    return f"{spread['median']:.{digits}f} ({spread['min']:.{digits}f}–{spread['max']:.{digits}f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.stream_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=2000)
+    parser.add_argument(
+        "--concurrency", type=int, default=20, help="streams at once in the concurrent variant (1: skip)"
+    )
+    parser.add_argument("--concurrent-rounds", type=int, default=3)
+    parser.add_argument("--baseline", default="", help="also run the platform at this git ref, for before/after")
+    parser.add_argument("--setups", default="auto", help="embedded, services, or auto (services when env is set)")
+    parser.add_argument("--output", default=str(RESULTS / "stream_overhead"), help="path without extension")
+    args = parser.parse_args(argv)
+
+    setups = ["embedded"]
+    if args.setups == "auto":
+        if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+            setups.append("services")
+    else:
+        setups = args.setups.split(",")
+    machine = machine_info()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stream-overhead-")))
+        upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=args.tokens))
+        checkouts = [("", BASE_DIR)]
+        if args.baseline:
+            checkouts.insert(0, ("/" + args.baseline, stack.enter_context(baseline_checkout(args.baseline))))
+        servers = []
+        for setup in setups:
+            (tmp / setup).mkdir()
+            env = platform_env(upstream, args.tokens, tmp / setup, setup)
+            key = prepare_platform(env).key
+            for suffix, checkout in checkouts:
+                label = setup + (suffix or ("/this" if args.baseline else ""))
+                server = stack.enter_context(
+                    run_server(env, cwd=checkout, log_path=tmp / f"{label.replace('/', '-')}.log")
+                )
+                servers.append((label, server.url, key))
+                print(f"{label}: {server.url} (pid {server.process.pid})", file=sys.stderr, flush=True)
+        raw = asyncio.run(bench(args, servers, upstream))
+    machine["load_average_end"] = os.getloadavg()
+    text, data = report(args, machine, raw)
+    print(text)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".md").write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    print(f"saved {output.with_suffix('.md')} and .json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What keeps the per-token path cheap and fair (bench/stream_overhead.py measures it):
+a fast upstream does not hold the event loop for a whole reply, and WebSocket
+frames are the events as encoded once for the replay buffer."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from asgiref.sync import sync_to_async
+
+from bench.fake_upstream import run_fake_upstream
+from chat import registry, services, shared, streaming
+from chat.providers import get_provider
+from chat.providers.base import ChatMessage
+from chat.tests.test_websocket import connect, receive, until_final
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def fast_upstream():
+    """An upstream in a process of its own: it writes while we read, so data piles up
+    in our socket and reading it never waits (the in-process fake shares our GIL)."""
+    with run_fake_upstream(separate_process=True) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def burst_model(providers, settings, make_model, fast_upstream):
+    settings.MODEL_PROVIDERS = {**providers, "separate": {**providers["fake"], "base_url": fast_upstream}}
+    return make_model("burst", "tokens-2000", provider="separate", max_output_tokens=2000)
+
+
+def _plan(user, model_name: str) -> services.SendPlan:
+    model = registry.usable_model(model_name, tier=user.tier)
+    return services.completion_prepare(
+        user=user,
+        messages=[ChatMessage("user", "go")],
+        model=model,
+        count_tokens=get_provider(model.provider).count_tokens,
+        api_key_id=None,
+        temperature=None,
+        max_tokens=None,
+    )
+
+
+async def test_a_listener_runs_while_a_fast_upstream_is_still_sending(chat_client, burst_model):
+    """The upstream sends 2,000 tokens as fast as it can, so reading it never has to
+    wait; the listener must still get its first token long before the last one is read."""
+    plan = await sync_to_async(_plan)(chat_client.user, "burst")
+    generation = streaming.start(plan)
+    queue = generation.subscribe()
+    while (event := await queue.get())["type"] != "delta":
+        pass
+    seen_at_first_delta = generation.seq
+    while event["type"] not in streaming.TERMINAL:
+        event = await queue.get()
+    assert event["type"] == "done" and event["usage"]["completion_tokens"] == 2000
+    # start + the first delta + at most one burst between two yields
+    assert seen_at_first_delta <= 2 + streaming.YIELD_EVERY_CHUNKS
+
+
+async def test_socket_frames_are_the_replay_buffer_entries_byte_for_byte(chat_client, echo_model):
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "one two three four five", "model": "echo"})
+    accepted = await receive(ws)
+    frames = []
+    while True:
+        raw = await ws.receive_from(timeout=5)
+        frames.append(raw.encode())
+        if orjson.loads(raw)["type"] in streaming.TERMINAL:
+            break
+    stored = await shared.store().lrange(shared._replay_key(accepted["message_id"]), 0)
+    assert frames == stored
+    assert [orjson.loads(f)["seq"] for f in frames] == list(range(1, len(frames) + 1))
+    await ws.disconnect()
+
+
+async def test_a_resumed_socket_gets_plain_events_after_packed_ones(chat_client, echo_model):
+    """Replays (lists of dicts) and live batches (packed bytes) share the consumer's dedupe."""
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "alpha beta gamma", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    await ws.send_json_to({"type": "resume", "message_id": accepted["message_id"], "last_seq": 2})
+    replayed = await until_final(ws, accepted["message_id"])
+    assert [e["seq"] for e in replayed] == [e["seq"] for e in events[2:]]
+    await ws.disconnect()
+
+
+async def test_reply_events_reach_a_socket_without_a_hop_to_the_sync_thread(chat_client, echo_model, monkeypatch):
+    """Channels closes stale database connections (in the sync thread) before each
+    message it dispatches; the consumer skips that for reply events, which arrive
+    once per batch of tokens and never touch the database."""
+    import channels.consumer
+
+    hops = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted():
+        hops.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    ws = await connect(chat_client.key)
+    before = len(hops)
+    await ws.send_json_to({"type": "send", "content": "a b c d e f g h", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    assert events[-1]["type"] == "done"
+    assert len(hops) - before == 1  # the "send" message itself, none for the reply events
+    await ws.disconnect()
