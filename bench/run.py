@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench import http_figures, report, ws
+from bench import http_figures, procs, report, ws
 from bench import profile as profiler
 from bench.seed import FULL, QUICK, TINY, SeedSize, heavy_users
 
@@ -288,6 +288,7 @@ def run(args) -> dict:
             seconds=plan.seconds,
             warmup=plan.warmup,
             connections=plan.connections,
+            cpu_seconds=lambda: procs.cpu_seconds(platform.pids()),
         )
         results["http"] = [f.summary() for f in figures]
 
