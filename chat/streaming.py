@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import orjson
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
@@ -41,6 +40,7 @@ from chat.providers.base import Chunk, ProviderError, ProviderUnavailable, Usage
 from chat.registry import ModelInfo, find_model
 from chat.services import SendPlan, assistant_finish
 from core import metrics, quotas
+from core.db import database_sync_to_async
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -250,8 +250,11 @@ class Generation:
 
     async def _store(self, content, status, usage, latency_ms, ttft_ms, error_text) -> None:
         self._count(status, usage, latency_ms, ttft_ms)
+        # database_sync_to_async gives the connection back at once: when the request that
+        # started this reply has ended, the call runs on a thread nobody closes, and a
+        # connection left there would never return to the pool.
         try:
-            await sync_to_async(_finish_and_charge)(
+            await database_sync_to_async(_finish_and_charge)(
                 user_id=self.plan.user_id,
                 message_id=self.message_id,
                 content=content,
@@ -377,7 +380,7 @@ async def mark_if_orphaned(message: Message) -> bool:
     if timezone.now() - message.updated_at < sweeper.MIN_AGE:
         return False
     text = await sweeper.partial_text(message.pk)
-    await sync_to_async(sweeper.mark_interrupted)(message.pk, text)
+    await database_sync_to_async(sweeper.mark_interrupted)(message.pk, text)
     return True
 
 
@@ -447,11 +450,11 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
             await shared.renew_listener_lease(message_id, LEASE_TTL)
         if not batch and now >= next_db_check:
             next_db_check = now + 1.0
-            message = await sync_to_async(load_reply)(message_id)
+            message = await database_sync_to_async(load_reply)(message_id)
             if message is None:
                 return
             if message.status == Message.Status.STREAMING and await mark_if_orphaned(message):
-                message = await sync_to_async(load_reply)(message_id)
+                message = await database_sync_to_async(load_reply)(message_id)
             if message.status != Message.Status.STREAMING:
                 tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
                 if tail and tail[-1]["type"] in TERMINAL:
