@@ -348,11 +348,11 @@ def summarise(runs: list[dict], tokens: int, key: str) -> dict:
 
 
 async def run_rounds(
-    runner: Runner, targets: list[Target], rounds: int, concurrency: int, *, log_prefix: str
+    runner: Runner, targets: list[Target], rounds: int, concurrency: int, *, log_prefix: str, paths=PATHS
 ) -> dict[str, list[dict]]:
     """Every (target, path) and the direct path once per round, the order rotated each round."""
     cells: list[tuple[Target | None, str]] = [(None, "direct")]
-    cells += [(target, path) for target in targets for path in PATHS]
+    cells += [(target, path) for target in targets for path in paths]
     results: dict[str, list[dict]] = {_cell_name(t, p): [] for t, p in cells}
     for number in range(rounds):
         shift = number % len(cells)
@@ -398,12 +398,18 @@ async def bench(args: argparse.Namespace, servers: list[tuple[str, str, str]], u
         target.socket = await open_socket(target)
     try:
         # Warm up every path once (first requests import and connect lazily).
-        await run_rounds(runner, targets, 1, 1, log_prefix="warm-up")
-        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential")
+        paths = args.paths.split(",")
+        await run_rounds(runner, targets, 1, 1, log_prefix="warm-up", paths=paths)
+        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential", paths=paths)
         concurrent = {}
         if args.concurrency > 1:
             concurrent = await run_rounds(
-                runner, targets, args.concurrent_rounds, args.concurrency, log_prefix=f"{args.concurrency} at once"
+                runner,
+                targets,
+                args.concurrent_rounds,
+                args.concurrency,
+                log_prefix=f"{args.concurrency} at once",
+                paths=paths,
             )
     finally:
         for target in targets:
@@ -531,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baseline", default="", help="also run the platform at this git ref (rows 'before'; this checkout 'after')"
     )
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"platform paths to measure, of {','.join(PATHS)}")
     parser.add_argument("--setups", default="auto", help="embedded, services, or auto (services when env is set)")
     parser.add_argument("--output", default=str(RESULTS / "stream_overhead"), help="path without extension")
     args = parser.parse_args(argv)
