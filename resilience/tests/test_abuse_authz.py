@@ -18,6 +18,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
+from analytics.rollup import rollup
 from chat.consumers import ChatConsumer
 from chat.models import Conversation, IdempotencyRecord, Message, MessageFeedback
 from core.models import User
@@ -39,9 +40,9 @@ generations_stopped = tools.generations_stopped
 
 
 def seed_owner() -> User:
-    """User A with one of everything, every text marked."""
+    """User A with one of everything, every text marked (A's key is on ``a.key``)."""
     a = User.objects.create_user(email="owner-a@example.com", password="pw-a-123456", display_name=f"{MARK} name")
-    api_key_issue(user=a, name=f"{MARK} key", scopes=ALL_SCOPES)
+    _, a.key = api_key_issue(user=a, name=f"{MARK} key", scopes=ALL_SCOPES)
     revoked, _ = api_key_issue(user=a, name=f"{MARK} revoked", scopes=ALL_SCOPES)
     api_key_revoke(key=revoked)
     for n in range(2):
@@ -59,6 +60,7 @@ def seed_owner() -> User:
         )
         MessageFeedback.objects.create(message=reply, user=a, rating="down", comment=f"{MARK} feedback")
     IdempotencyRecord.objects.create(user=a, key=f"{MARK}-idem", fingerprint="0" * 64)
+    rollup()  # A's usage into the analytics rollups, where B's analytics must not find it
     return a
 
 
@@ -77,8 +79,10 @@ def seed_intruder() -> tuple[User, str, dict[str, int]]:
 
 
 def leaks(body: bytes, owner: User) -> list[str]:
+    """A's texts, email and token counts (one reply's, all replies', in and out) found in a body."""
     text = body.decode(errors="replace")
-    needles = [MARK, owner.email, str(A_TOKENS[0]), str(A_TOKENS[1]), str(sum(A_TOKENS))]
+    counts = {n * A_TOKENS[0] for n in (1, 2)} | {n * A_TOKENS[1] for n in (1, 2)} | {n * sum(A_TOKENS) for n in (1, 2)}
+    needles = [MARK, owner.email, *map(str, sorted(counts))]
     return [needle for needle in needles if needle in text]
 
 
@@ -86,6 +90,8 @@ async def read_body(response) -> bytes:
     if not getattr(response, "streaming", False):
         return response.content
     chunks = []
+    if not response.is_async:  # a sync iterator (an export, say) that may query the database
+        return await sync_to_async(lambda: b"".join(response.streaming_content))()
 
     async def drain():
         async for chunk in response.streaming_content:
@@ -110,11 +116,23 @@ async def request(client, operation: tools.Operation, url: str, body=None, query
 
 
 def integer_params(operation: tools.Operation, where: str) -> list[str]:
+    """Integer parameters that name an object: every one in the path; ``user`` or ``*_id`` in the query."""
     return [
         p["name"]
         for p in operation.params_in(where)
-        if p.get("schema", {}).get("type") == "integer" and (where == "path" or p["name"].endswith("_id"))
+        if p.get("schema", {}).get("type") == "integer"
+        and (where == "path" or p["name"] in ("user", "id") or p["name"].endswith("_id"))
     ]
+
+
+def read_variants(schema: dict, operation: tools.Operation) -> list[dict | None]:
+    """A read with no parameters, then with each value of each enumerated query parameter
+    (``?metric=tokens_out``, ``?by=user``...)."""
+    variants: list[dict | None] = [None]
+    for param in operation.params_in("query"):
+        for value in tools.resolve(schema, param.get("schema", {})).get("enum", []):
+            variants.append({param["name"]: value})
+    return variants
 
 
 def id_fields(schema: dict, operation: tools.Operation) -> list[str]:
@@ -156,12 +174,13 @@ async def test_abuse1_user_b_gets_404_for_everything_of_user_a(fake_platform, re
             body_schema = operation.body_schema(schema)
             values = {**tools.DEFAULT_VALUES, "model": "echo"}
             body = tools.example(schema, body_schema, values) if body_schema else None
-            if not (path_ids or query_ids or body_ids):
-                if operation.method == "GET" and not operation.params_in("path"):
-                    response, content = await request(client, operation, operation.path)
+            if operation.method == "GET" and not operation.params_in("path"):  # a list, a summary...
+                for query in read_variants(schema, operation):
+                    response, content = await request(client, operation, operation.path, query=query)
                     requests, lists = requests + 1, lists + 1
                     if found := leaks(content, owner):
-                        failures.append((client_name, str(operation), response.status_code, found))
+                        failures.append((client_name, f"{operation} {query}", response.status_code, found))
+            if not (path_ids or query_ids or body_ids):
                 continue
             for candidate in candidates:
                 url = operation.url(**dict.fromkeys(path_ids, candidate))
@@ -178,9 +197,23 @@ async def test_abuse1_user_b_gets_404_for_everything_of_user_a(fake_platform, re
 
     ws_actions = await websocket_sweep(b_key, a_ids, b_ids, failures)
     after = await sync_to_async(tools.snapshot)(owner.pk)
+    # The control: A's own reads do show A's data, so the needles would find a leak.
+    seen_by_a = set()
+    for operation in tools.operations(schema):
+        if operation.method == "GET" and not operation.params_in("path"):
+            for query in read_variants(schema, operation):
+                _, content = await request(tools.key_client(owner.key), operation, operation.path, query=query)
+                if leaks(content, owner):
+                    seen_by_a.add(operation.path)
+    analytics = [op.path for op in tools.operations(schema) if "/analytics/" in op.path and op.method == "GET"]
+    assert set(analytics) <= seen_by_a and len(seen_by_a) >= 2, seen_by_a
+
     assert not failures, "\n".join(map(str, failures))
     assert after == before, "B's requests changed A's rows"
-    figure = f"{requests} requests (key and session), all 404, {lists} list reads with none of A's rows; {ws_actions} WebSocket actions closed 4404"
+    figure = (
+        f"{requests} requests (key and session): every id of A's 404, {lists} list/summary reads with none of "
+        f"A's data (A's own reads show it on {len(seen_by_a)} endpoints); {ws_actions} WebSocket actions closed 4404"
+    )
     record_property("figure", figure)
 
 
