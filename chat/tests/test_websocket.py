@@ -218,7 +218,7 @@ async def test_a_message_flood_is_throttled_then_closed_1008(chat_client):
     for _ in range(200):
         await ws.send_json_to({"type": "ping"})
     while True:
-        output = await ws.receive_output(timeout=2)
+        output = await ws.receive_output(timeout=10)  # a wait, not a speed check: loaded machines are slow
         if output["type"] == "websocket.close":
             assert output["code"] == 1008
             break
