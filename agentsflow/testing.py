@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -333,6 +334,9 @@ def run_stack(
             "access_log": str(logs["nginx_access"]),
             "temp_dir": str(tmp_dir / "nginx-temp"),
             "daemon": False,
+            "max_body_bytes": int(overrides.get("MAX_BODY_BYTES", 1024 * 1024)),
+            # As much as this process may have (nginx cannot raise the hard limit).
+            "rlimit_nofile": min(65535, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
         }
         config = NginxConfig(**{**loopback, **(nginx or {})})
         (tmp_dir / "nginx-temp").mkdir(exist_ok=True)

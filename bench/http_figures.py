@@ -42,6 +42,7 @@ class HttpFigure:
     note: str = ""
     skipped: str = ""  # why it was not measured
     runs: list[wrk.WrkResult] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # the platform's CPU time per request, per run
 
     @property
     def path(self) -> str:
@@ -66,6 +67,7 @@ class HttpFigure:
             "requests": requests,
             "rps": round(rps, 1),
             "rps_rounds": [round(r.rps, 1) for r in self.runs],
+            "cpu_ms_per_request": round(statistics.median(self.cpu_ms), 3) if self.cpu_ms else None,
             "p50_ms": round(statistics.median(r.p50_ms for r in self.runs), 2),
             "p95_ms": round(statistics.median(r.p95_ms for r in self.runs), 2),
             "p99_ms": round(p99, 2),
@@ -163,9 +165,14 @@ def run_rounds(
     seconds: float,
     warmup: float,
     connections: int,
+    cpu_seconds=None,
     out=sys.stderr,
 ) -> None:
-    """Warm every figure up once, then run them in ``rounds`` interleaved rounds."""
+    """Warm every figure up once, then run them in ``rounds`` interleaved rounds.
+
+    ``cpu_seconds`` (optional) returns the CPU time the platform's processes have
+    used so far: each run then also records the platform's CPU milliseconds per
+    request, which other load on the machine changes far less than the rate."""
     active = [f for f in figures if not f.skipped]
     files = {f.id: wrk.write_requests(work_dir / f"{f.id}.tsv", f.requests) for f in active}
     if warmup:
@@ -173,11 +180,16 @@ def run_rounds(
             wrk.run(base_for(figure.path), files[figure.id], seconds=warmup, connections=connections)
     for round_number in range(1, rounds + 1):
         for figure in active:
+            cpu_before = cpu_seconds() if cpu_seconds else 0.0
             result = wrk.run(base_for(figure.path), files[figure.id], seconds=seconds, connections=connections)
+            if cpu_seconds and result.requests:
+                figure.cpu_ms.append((cpu_seconds() - cpu_before) * 1000 / result.requests)
             figure.runs.append(result)
             out.write(
                 f"  round {round_number}/{rounds}  {figure.id:<18} {result.rps:>9,.0f} req/s  "
                 f"p50 {result.p50_ms:7.2f}  p99 {result.p99_ms:7.2f} ms  "
-                f"non-2xx/errors {result.requests - result.ok}\n"
+                f"non-2xx/errors {result.requests - result.ok}"
+                + (f"  {figure.cpu_ms[-1]:.2f} CPU ms/request" if figure.cpu_ms else "")
+                + "\n"
             )
             out.flush()

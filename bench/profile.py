@@ -43,6 +43,7 @@ def start(pid: int, seconds: float, output: Path, *, rate: int = 97) -> subproce
             "--output",
             str(output),
         ],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,13 @@ class Run:
     p99_ms: float
     errors: int
     peak_connections: int
+    cpu_ms_per_request: float  # CPU time of all the candidate's processes, per request served
+
+
+@dataclass
+class Candidate:
+    url: str
+    process_groups: set[int]  # every process of the candidate (servers run in sessions of their own)
 
 
 @dataclass
@@ -86,7 +94,7 @@ class Results:
 
 
 @contextlib.contextmanager
-def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> Iterator[str]:
+def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> Iterator[Candidate]:
     """One of ops/run-*.sh on its own, on a free port."""
     port = free_port()
     full_env = {**os.environ, **env, port_var: str(port), "VENV": str(Path(sys.executable).parent.parent)}
@@ -101,7 +109,7 @@ def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> 
         )
     try:
         _wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
-        yield f"http://127.0.0.1:{port}"
+        yield Candidate(f"http://127.0.0.1:{port}", {process.pid})
     finally:
         stop(process)
 
@@ -135,8 +143,8 @@ def _variant(candidate: str) -> tuple[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterator[dict[str, str]]:
-    """Start every candidate; yields {candidate: base URL}."""
+def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterator[dict[str, Candidate]]:
+    """Start every candidate; yields {name: Candidate}."""
     urls = {}
     with contextlib.ExitStack() as running:
         for candidate in names:
@@ -145,11 +153,13 @@ def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterat
             directory = tmp / _app_name(candidate)
             print(f"starting {candidate}", file=sys.stderr, flush=True)
             if name == "split":
-                stack = run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, collectstatic=False)
-                urls[candidate] = running.enter_context(stack).url
+                stack = running.enter_context(run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, collectstatic=False))
+                urls[candidate] = Candidate(stack.url, {p.pid for p in stack.processes.values()})
             elif name == "uvicorn-nginx":
-                stack = run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, asgi_only=True, collectstatic=False)
-                urls[candidate] = running.enter_context(stack).url
+                stack = running.enter_context(
+                    run_stack(cenv, tmp_dir=directory, nginx=NO_SHIELDS, asgi_only=True, collectstatic=False)
+                )
+                urls[candidate] = Candidate(stack.url, {p.pid for p in stack.processes.values()})
             elif name == "uvicorn":
                 script = _script("run-asgi.sh", cenv, "ASGI_PORT", directory.with_suffix(".log"))
                 urls[candidate] = running.enter_context(script)
@@ -160,7 +170,8 @@ def start_candidates(names: list[str], env: dict[str, str], tmp: Path) -> Iterat
                 # The ASGI server's pool sizes (ops/run-asgi.sh), granian's own flags.
                 genv = {"DB_POOL_MIN_SIZE": "1", "DB_POOL_MAX_SIZE": "8", **cenv}
                 server = run_server(genv, kind="granian-asgi", workers=2, log_path=directory.with_suffix(".log"))
-                urls[candidate] = running.enter_context(server).url
+                server = running.enter_context(server)
+                urls[candidate] = Candidate(server.url, {server.process.pid})
             else:
                 known = ", ".join(CANDIDATES)
                 raise SystemExit(
@@ -222,9 +233,26 @@ def wrk(url: str, key: str, *, duration: float, connections: int, threads: int) 
     return json.loads(match.group(1))
 
 
-def measure(url: str, key: str, database_url: str, candidate: str, args) -> Run:
-    with ConnectionSampler(database_url, _app_name(candidate)) as sampler:
-        report = wrk(url, key, duration=args.duration, connections=args.connections, threads=args.threads)
+def cpu_seconds(process_groups: set[int]) -> float:
+    """User + system CPU time of every live process in these process groups (/proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) in process_groups:  # pgrp; utime and stime follow at 11, 12
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(candidate: Candidate, path: str, key: str, database_url: str, name: str, args) -> Run:
+    """One wrk run. Besides throughput, the CPU the candidate's own processes spent per
+    request: the figure least disturbed by other load on a shared machine."""
+    cpu_before = cpu_seconds(candidate.process_groups)
+    with ConnectionSampler(database_url, _app_name(name)) as sampler:
+        report = wrk(
+            candidate.url + path, key, duration=args.duration, connections=args.connections, threads=args.threads
+        )
+    cpu = cpu_seconds(candidate.process_groups) - cpu_before
     errors = sum(report["errors"].values())
     return Run(
         rps=report["requests"] / (report["duration_us"] / 1e6),
@@ -232,6 +260,7 @@ def measure(url: str, key: str, database_url: str, candidate: str, args) -> Run:
         p99_ms=report["latency_us"]["p99"] / 1000,
         errors=errors,
         peak_connections=sampler.peak,
+        cpu_ms_per_request=cpu * 1000 / max(1, report["requests"]),
     )
 
 
@@ -253,6 +282,7 @@ def summarize(results: Results, candidates: list[str], endpoints: list[str]) -> 
                 "p99_ms": round(statistics.median(r.p99_ms for r in runs), 2),
                 "errors": sum(r.errors for r in runs),
                 "peak_pg_connections": max(r.peak_connections for r in runs),
+                "cpu_ms_per_request": round(statistics.median(r.cpu_ms_per_request for r in runs), 3),
             }
         best = max(row["rps_median"] for row in rows.values())
         for row in rows.values():
@@ -275,13 +305,13 @@ def markdown(summary: dict, meta: dict) -> str:
         lines += [
             f"## {ENDPOINTS[endpoint]}",
             "",
-            "| candidate | req/s (median) | p50 ms | p99 ms | errors | ratio to best | peak PG conns |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| candidate | req/s (median) | p50 ms | p99 ms | errors | ratio to best | CPU ms/request | PG conns |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, row in sorted(rows.items(), key=lambda item: -item[1]["rps_median"]):
             lines.append(
                 f"| {name} | {row['rps_median']:,.0f} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} "
-                f"| {row['ratio_to_best']:.2f} | {row['peak_pg_connections']} |"
+                f"| {row['ratio_to_best']:.2f} | {row['cpu_ms_per_request']:.2f} | {row['peak_pg_connections']} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -319,6 +349,10 @@ def prepare(tmp: Path) -> tuple[dict[str, str], str]:
     return env, key
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -330,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument("--output", default=str(RESULTS / "servers"), help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) stop the servers on the way out.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     candidates = [c for c in args.candidates.split(",") if c]
     endpoints = [e for e in args.endpoints.split(",") if e]
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
@@ -356,17 +393,17 @@ def main(argv: list[str] | None = None) -> int:
         with start_candidates(candidates, env, tmp) as urls:
             for candidate in candidates:  # warm-up: imports, pools, caches
                 for endpoint in endpoints:
-                    wrk(urls[candidate] + ENDPOINTS[endpoint], key, duration=args.warmup, connections=16, threads=1)
+                    wrk(urls[candidate].url + ENDPOINTS[endpoint], key, duration=args.warmup, connections=16, threads=1)
             for round_ in range(args.rounds):
                 shift = round_ % len(candidates)
                 for candidate in candidates[shift:] + candidates[:shift]:
                     for endpoint in endpoints:
-                        run = measure(urls[candidate] + ENDPOINTS[endpoint], key, env["DATABASE_URL"], candidate, args)
+                        run = measure(urls[candidate], ENDPOINTS[endpoint], key, env["DATABASE_URL"], candidate, args)
                         results.add(candidate, endpoint, run)
                         print(
                             f"round {round_ + 1}/{args.rounds} {candidate:14} {ENDPOINTS[endpoint]:10} "
                             f"{run.rps:9,.0f} req/s  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:7.2f} ms  "
-                            f"errors {run.errors}  pg {run.peak_connections}",
+                            f"cpu {run.cpu_ms_per_request:5.2f} ms/req  errors {run.errors}  pg {run.peak_connections}",
                             flush=True,
                         )
     meta["load_after"] = _load()

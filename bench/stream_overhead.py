@@ -59,6 +59,7 @@ from bench.fake_upstream import run_fake_upstream
 RESULTS = BASE_DIR / "bench" / "results"
 PATHS = ("v1", "rest-sse", "websocket")
 PROMPT = "Tell me a long story."
+STALL_SECONDS = 30  # a WebSocket stream with no event for this long counts as failed
 
 
 @dataclass
@@ -144,7 +145,7 @@ async def stream_socket(socket: websockets.ClientConnection, conversation_id: in
     )
     first, tokens, reply_id = None, 0, None
     while True:
-        event = orjson.loads(await asyncio.wait_for(socket.recv(), 60))
+        event = orjson.loads(await asyncio.wait_for(socket.recv(), STALL_SECONDS))
         kind = event["type"]
         if kind == "accepted":
             reply_id = event["message_id"]
@@ -229,17 +230,26 @@ class Runner:
         return on_own_socket
 
     async def measure(self, target: Target | None, path: str, concurrency: int) -> dict:
+        """One round of a path. A stream that fails (an error, a timeout, missing
+        tokens) is counted, not fatal; a round with a failure gives no timing."""
         one = await self.prepare(target, path, concurrency)
         started = time.perf_counter()
-        samples = await asyncio.gather(*(one() for _ in range(concurrency)))
+        results = await asyncio.gather(*(one() for _ in range(concurrency)), return_exceptions=True)
         wall = time.perf_counter() - started
-        for sample in samples:
-            if sample.tokens != self.tokens:
-                raise RuntimeError(f"{path}: got {sample.tokens} tokens, expected {self.tokens}")
+        samples = [r for r in results if isinstance(r, Sample) and r.tokens == self.tokens]
+        failures = [
+            f"{r.tokens} of {self.tokens} tokens" if isinstance(r, Sample) else f"{type(r).__name__}: {r}"[:200]
+            for r in results
+            if not (isinstance(r, Sample) and r.tokens == self.tokens)
+        ]
+        complete = not failures
         return {
-            "wall": wall,
-            "ttft": statistics.median(s.ttft for s in samples),
-            "total": statistics.median(s.total for s in samples),
+            "wall": wall if complete else None,
+            "ttft": statistics.median(s.ttft for s in samples) if complete else None,
+            "total": statistics.median(s.total for s in samples) if complete else None,
+            "streams": concurrency,
+            "failed": len(failures),
+            "failures": failures[:3],
             "samples": [asdict(s) for s in samples],
         }
 
@@ -247,21 +257,11 @@ class Runner:
 # --- servers ----------------------------------------------------------------------------
 
 
-def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
-    models = [
-        {
-            "name": "bench",
-            "provider": "fake",
-            "upstream_model": f"tokens-{tokens}",
-            "context_window": 8192,
-            "max_output_tokens": tokens,
-        }
-    ]
+def production_env(tmp: Path, setup: str) -> dict[str, str]:
+    """A server's environment: production settings on loopback, limits lifted, and
+    SQLite + memory (``embedded``) or a fresh PostgreSQL database + Redis (``services``)."""
     env = {
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        "EXTRA_PROVIDERS": "fake",
-        "FAKE_BASE_URL": upstream,
-        "AGENTSFLOW_MODELS": json.dumps(models),
         # Production settings, as deployed (plain HTTP on loopback, so no SSL redirect).
         "AGENTSFLOW_ENV": "production",
         "SECRET_KEY": "stream-overhead-" + "k" * 60,
@@ -282,6 +282,20 @@ def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str,
     return env
 
 
+def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
+    """``production_env`` with a model "bench" that streams ``tokens`` tokens from the fake upstream."""
+    model = {
+        "name": "bench",
+        "provider": "fake",
+        "upstream_model": f"tokens-{tokens}",
+        "context_window": 8192,
+        "max_output_tokens": tokens,
+    }
+    env = production_env(tmp, setup)
+    env.update(EXTRA_PROVIDERS="fake", FAKE_BASE_URL=upstream, AGENTSFLOW_MODELS=json.dumps([model]))
+    return env
+
+
 @contextlib.contextmanager
 def baseline_checkout(ref: str) -> Iterator[Path]:
     """The project as it is at git ``ref``, exported to a temporary directory."""
@@ -297,18 +311,18 @@ def baseline_checkout(ref: str) -> Iterator[Path]:
 # --- the run --------------------------------------------------------------------------------
 
 
-def overheads(platform_runs: list[dict], direct_runs: list[dict], tokens: int, key: str) -> dict:
-    """Per-token and fixed overhead against the direct run of the same round."""
-    per_token = [(p[key] - d[key]) / tokens * 1e6 for p, d in zip(platform_runs, direct_runs, strict=True)]
-    streaming = [
-        ((p["total"] - p["ttft"]) - (d["total"] - d["ttft"])) / (tokens - 1) * 1e6
-        for p, d in zip(platform_runs, direct_runs, strict=True)
-    ]
-    fixed = [(p["ttft"] - d["ttft"]) * 1000 for p, d in zip(platform_runs, direct_runs, strict=True)]
+def overheads(platform_runs: list[dict], direct_runs: list[dict], tokens: int, key: str) -> dict | None:
+    """Per-token and fixed overhead against the direct run of the same round
+    (rounds where either had a failed stream are left out)."""
+    pairs = [(p, d) for p, d in zip(platform_runs, direct_runs, strict=True) if p[key] and d[key]]
+    if not pairs:
+        return None
     return {
-        "us_per_token": _spread(per_token),
-        "us_per_token_after_first": _spread(streaming),
-        "ttft_delta_ms": _spread(fixed),
+        "us_per_token": _spread([(p[key] - d[key]) / tokens * 1e6 for p, d in pairs]),
+        "us_per_token_after_first": _spread(
+            [((p["total"] - p["ttft"]) - (d["total"] - d["ttft"])) / (tokens - 1) * 1e6 for p, d in pairs]
+        ),
+        "ttft_delta_ms": _spread([(p["ttft"] - d["ttft"]) * 1000 for p, d in pairs]),
     }
 
 
@@ -317,20 +331,28 @@ def _spread(values: list[float]) -> dict:
 
 
 def summarise(runs: list[dict], tokens: int, key: str) -> dict:
-    total = statistics.median(r[key] for r in runs)
-    return {
-        "ttft_ms": statistics.median(r["ttft"] for r in runs) * 1000,
-        "total_ms": total * 1000,
-        "tokens_per_s": tokens * (len(runs[0]["samples"])) / total,
+    row = {
+        "failed_streams": sum(r["failed"] for r in runs),
+        "streams": sum(r["streams"] for r in runs),
+        "failures": [f for r in runs for f in r["failures"]][:5],
     }
+    complete = [r for r in runs if r[key]]
+    if complete:
+        total = statistics.median(r[key] for r in complete)
+        row.update(
+            ttft_ms=statistics.median(r["ttft"] for r in complete) * 1000,
+            total_ms=total * 1000,
+            tokens_per_s=tokens * runs[0]["streams"] / total,
+        )
+    return row
 
 
 async def run_rounds(
-    runner: Runner, targets: list[Target], rounds: int, concurrency: int, *, log_prefix: str
+    runner: Runner, targets: list[Target], rounds: int, concurrency: int, *, log_prefix: str, paths=PATHS
 ) -> dict[str, list[dict]]:
     """Every (target, path) and the direct path once per round, the order rotated each round."""
     cells: list[tuple[Target | None, str]] = [(None, "direct")]
-    cells += [(target, path) for target in targets for path in PATHS]
+    cells += [(target, path) for target in targets for path in paths]
     results: dict[str, list[dict]] = {_cell_name(t, p): [] for t, p in cells}
     for number in range(rounds):
         shift = number % len(cells)
@@ -376,12 +398,18 @@ async def bench(args: argparse.Namespace, servers: list[tuple[str, str, str]], u
         target.socket = await open_socket(target)
     try:
         # Warm up every path once (first requests import and connect lazily).
-        await run_rounds(runner, targets, 1, 1, log_prefix="warm-up")
-        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential")
+        paths = args.paths.split(",")
+        await run_rounds(runner, targets, 1, 1, log_prefix="warm-up", paths=paths)
+        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential", paths=paths)
         concurrent = {}
         if args.concurrency > 1:
             concurrent = await run_rounds(
-                runner, targets, args.concurrent_rounds, args.concurrency, log_prefix=f"{args.concurrency} at once"
+                runner,
+                targets,
+                args.concurrent_rounds,
+                args.concurrency,
+                log_prefix=f"{args.concurrency} at once",
+                paths=paths,
             )
     finally:
         for target in targets:
@@ -412,7 +440,7 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         for name, runs in cells.items():
             row = summarise(runs, tokens, key)
             if name != "direct":
-                row.update(overheads(runs, direct, tokens * (len(runs[0]["samples"])), key))
+                row["overhead"] = overheads(runs, direct, tokens * runs[0]["streams"], key)
             summary[mode][name] = row
 
     lines = [
@@ -431,6 +459,12 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         f"production settings; {args.rounds} interleaved rounds after a warm-up round.",
         "",
     ]
+    if args.baseline:
+        lines += [
+            f"before = the platform at git `{args.baseline}`, after = this checkout ({machine['commit']}), "
+            "run side by side in the same rounds.",
+            "",
+        ]
     for mode in summary:
         if mode == "sequential":
             lines += ["## One stream at a time", ""]
@@ -438,7 +472,8 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 "Overhead per token = (platform total − direct total) / tokens, per round, median (min–max). "
                 "After first = the same for the time after the first token (the per-token relay cost alone). "
                 "Fixed = time-to-first-token difference (per-request cost: auth, database writes, upstream "
-                "connection).",
+                "connection). Failed = streams that broke, stalled for "
+                f"{STALL_SECONDS} s or lost tokens (rounds with one are left out of the timings).",
                 "",
             ]
         else:
@@ -451,22 +486,33 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 "",
             ]
         lines += [
-            "| path | TTFT ms | total ms | tokens/s | overhead µs/token | after first µs/token | fixed ms |",
-            "| --- | ---: | ---: | ---: | --- | --- | --- |",
+            "| path | TTFT ms | total ms | tokens/s | overhead µs/token | after first µs/token | fixed ms | failed |",
+            "| --- | ---: | ---: | ---: | --- | --- | --- | ---: |",
         ]
         for name, row in summary[mode].items():
-            if name == "direct":
+            failed = f"{row['failed_streams']}/{row['streams']}"
+            if "total_ms" not in row:
+                lines.append(f"| {name} | — | — | — | — | — | — | {failed} |")
+                continue
+            timing = f"{row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f}"
+            spread = row.get("overhead")
+            if name == "direct" or spread is None:
                 lines.append(
-                    f"| direct (upstream) | {row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f} "
-                    "| — | — | — |"
+                    f"| {'direct (upstream)' if name == 'direct' else name} | {timing} | — | — | — | {failed} |"
                 )
                 continue
             # With many streams at once, "after the first token" has no single meaning.
-            after_first = _fmt(row["us_per_token_after_first"]) if mode == "sequential" else "—"
+            after_first = _fmt(spread["us_per_token_after_first"]) if mode == "sequential" else "—"
             lines.append(
-                f"| {name} | {row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f} "
-                f"| {_fmt(row['us_per_token'])} | {after_first} | {_fmt(row['ttft_delta_ms'], 1)} |"
+                f"| {name} | {timing} | {_fmt(spread['us_per_token'])} | {after_first} "
+                f"| {_fmt(spread['ttft_delta_ms'], 1)} | {failed} |"
             )
+        failures = {name: row["failures"] for name, row in summary[mode].items() if row["failures"]}
+        if failures:
+            lines += [
+                "",
+                "Failed streams (first few): " + "; ".join(f"{n}: {', '.join(f)}" for n, f in failures.items()),
+            ]
         lines.append("")
     text = "\n".join(lines)
     return text, {"machine": machine, "args": vars(args), "summary": summary, "raw": raw}
@@ -488,7 +534,10 @@ def main(argv: list[str] | None = None) -> None:
         "--concurrency", type=int, default=20, help="streams at once in the concurrent variant (1: skip)"
     )
     parser.add_argument("--concurrent-rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="", help="also run the platform at this git ref, for before/after")
+    parser.add_argument(
+        "--baseline", default="", help="also run the platform at this git ref (rows 'before'; this checkout 'after')"
+    )
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"platform paths to measure, of {','.join(PATHS)}")
     parser.add_argument("--setups", default="auto", help="embedded, services, or auto (services when env is set)")
     parser.add_argument("--output", default=str(RESULTS / "stream_overhead"), help="path without extension")
     args = parser.parse_args(argv)
@@ -505,14 +554,14 @@ def main(argv: list[str] | None = None) -> None:
         upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=args.tokens))
         checkouts = [("", BASE_DIR)]
         if args.baseline:
-            checkouts.insert(0, ("/" + args.baseline, stack.enter_context(baseline_checkout(args.baseline))))
+            checkouts.insert(0, ("/before", stack.enter_context(baseline_checkout(args.baseline))))
         servers = []
         for setup in setups:
             (tmp / setup).mkdir()
             env = platform_env(upstream, args.tokens, tmp / setup, setup)
             key = prepare_platform(env).key
             for suffix, checkout in checkouts:
-                label = setup + (suffix or ("/this" if args.baseline else ""))
+                label = setup + (suffix or ("/after" if args.baseline else ""))
                 server = stack.enter_context(
                     run_server(env, cwd=checkout, log_path=tmp / f"{label.replace('/', '-')}.log")
                 )

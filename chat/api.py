@@ -10,7 +10,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import exports, registry, selectors, services
+from chat import exports, registry, selectors, services, sweeper
 from chat.serializers import (
     ConversationCreateSerializer,
     ConversationSerializer,
@@ -196,6 +196,7 @@ class MessageListView(APIView):
             default=100,
             maximum=500,
         )
+        sweeper.settle(items)
         return Response(_page(MessageSerializer, items, next_cursor))
 
 
@@ -204,7 +205,9 @@ class MessageDetailView(APIView):
 
     @extend_schema(responses={200: MessageSerializer, **error_responses(401, 403, 404)})
     def get(self, request, message_id: int):
-        return Response(MessageSerializer(selectors.message_get(user=request.user, message_id=message_id)).data)
+        message = selectors.message_get(user=request.user, message_id=message_id)
+        sweeper.settle([message])
+        return Response(MessageSerializer(message).data)
 
 
 class MessageFeedbackView(APIView):

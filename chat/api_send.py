@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse
@@ -22,10 +21,14 @@ from chat.serializers import ChatSerializer, MessageSerializer, SendSerializer, 
 from chat.services import SendPlan
 from chat.sse import EventPump, sse_response
 from core import quotas
+from core.db import database_sync_to_async
 from core.exceptions import error_body, json_response
 from core.models import APIKey
 
 CHAT_SCOPES = (APIKey.Scope.CHAT,)
+
+# Database work goes through core.db.database_sync_to_async, which hands the
+# connection back to the pool after each call: a request waiting on the model holds none.
 CANCEL_WAIT_SECONDS = 2.0
 
 
@@ -150,7 +153,7 @@ def _prepare_send(caller: Caller, conversation_id: int | None, data: dict, idemp
 
 async def _replay_idempotent(request: HttpRequest, caller: Caller, idempotency, stream: bool) -> HttpResponse:
     """A retried request gets the first one's result; nothing new is created."""
-    record = await sync_to_async(selectors.idempotency_record_get)(user=caller.user, key=idempotency[0])
+    record = await database_sync_to_async(selectors.idempotency_record_get)(user=caller.user, key=idempotency[0])
     if record is None:  # the racing first request rolled back
         raise ApiError(409, "conflict", "A request with this Idempotency-Key failed; retry with a new key.")
     if record.fingerprint != idempotency[1]:
@@ -160,11 +163,11 @@ async def _replay_idempotent(request: HttpRequest, caller: Caller, idempotency, 
         after = _last_event_id(request)
         return await stream_reply(message_id, after_seq=after)
     final = await final_event(message_id)
-    reply = await sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
+    reply = await database_sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
     ids = {"conversation_id": reply.conversation_id, "user_message_id": reply.reply_to_id, "message_id": reply.pk}
     if final["type"] == "error":
         return reply_error_response(final, **ids)
-    user_message = await sync_to_async(selectors.message_get)(user=caller.user, message_id=reply.reply_to_id)
+    user_message = await database_sync_to_async(selectors.message_get)(user=caller.user, message_id=reply.reply_to_id)
     return json_response(
         {
             "conversation_id": reply.conversation_id,
@@ -183,10 +186,12 @@ async def send(request: HttpRequest, caller: Caller, *, conversation_id: int | N
     if one_shot:
         conversation_id = data.get("conversation_id")
     idempotency = idempotency_of(request, payload)
-    if idempotency and await sync_to_async(selectors.idempotency_record_get)(user=caller.user, key=idempotency[0]):
+    if idempotency and await database_sync_to_async(selectors.idempotency_record_get)(
+        user=caller.user, key=idempotency[0]
+    ):
         return await _replay_idempotent(request, caller, idempotency, stream)
     try:
-        plan = await sync_to_async(_prepare_send)(caller, conversation_id, data, idempotency)
+        plan = await database_sync_to_async(_prepare_send)(caller, conversation_id, data, idempotency)
     except IntegrityError:
         if idempotency is None:
             raise
@@ -246,7 +251,7 @@ async def message_regenerate(request: HttpRequest, caller: Caller, message_id: i
     # The body is optional: {"stream": true} (or the Accept header) asks for events.
     payload = json_body(request) if request.content_type == "application/json" and request.body else {}
     stream = wants_stream(request, payload)
-    plan = await sync_to_async(_prepare_regenerate)(caller, message_id)
+    plan = await database_sync_to_async(_prepare_regenerate)(caller, message_id)
     generation = streaming.start(plan)
     ids = {"conversation_id": plan.conversation_id, "message_id": plan.assistant_message_id}
     if stream:
@@ -260,7 +265,7 @@ async def message_regenerate(request: HttpRequest, caller: Caller, message_id: i
 @api_view(methods=("POST",), scopes=CHAT_SCOPES)
 async def message_cancel(request: HttpRequest, caller: Caller, message_id: int) -> HttpResponse:
     """Stop a streaming reply (within a second, from any worker); the partial text is kept."""
-    message = await sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
+    message = await database_sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
     if message.role != Message.Role.ASSISTANT:
         raise ApiError(400, "invalid", "Only an assistant reply can be cancelled.")
     if message.status == Message.Status.STREAMING:
@@ -274,7 +279,7 @@ async def message_cancel(request: HttpRequest, caller: Caller, message_id: int) 
 async def _wait_until_final(caller: Caller, message_id: int) -> Message:
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
     while True:
-        message = await sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
+        message = await database_sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
         if message.status != Message.Status.STREAMING or asyncio.get_running_loop().time() > deadline:
             return message
         await asyncio.sleep(0.05)
@@ -295,7 +300,7 @@ def _last_event_id(request: HttpRequest) -> int:
 async def message_stream(request: HttpRequest, caller: Caller, message_id: int) -> HttpResponse:
     """Reconnect to a reply's event stream: events after ``Last-Event-ID`` (or ``?after=``)."""
     after = _last_event_id(request)
-    message = await sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
+    message = await database_sync_to_async(selectors.message_get)(user=caller.user, message_id=message_id)
     if message.role != Message.Role.ASSISTANT:
         raise ApiError(400, "invalid", "Only an assistant reply has an event stream.")
     return sse_response(EventPump(streaming.follow(message_id, after)).frames())

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import Http404
+from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
 from chat import selectors, services, shared, streaming
@@ -25,7 +28,7 @@ from chat.api_send import _prepare_regenerate, _prepare_send
 from chat.http import Caller
 from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
-from core import metrics
+from core import metrics, redis
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
 from core.parsers import too_deep
@@ -37,6 +40,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013  # the channel layer (Redis) is down: reconnect later, then resume
 
 BURST = 30  # messages a client may send at once
 REFILL_PER_SECOND = 10.0  # sustained messages per second
@@ -48,6 +52,18 @@ class _NotYours(Exception):
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except RedisError as exc:
+            # Channels subscribes the socket's channel before the handshake: with the
+            # channel layer down, finish the handshake and say "try again later" rather
+            # than fail it with an HTTP 500.
+            logger.warning("websocket refused, channel layer unavailable: %s", exc.__class__.__name__)
+            if await receive() == {"type": "websocket.connect"}:
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
+
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         self.caller = Caller(user=self.user, key=self.scope.get("auth"))
@@ -69,8 +85,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await self._send({"type": "ready", "user": {"id": self.user.pk, "email": self.user.email}})
+        _layer_watch().add(self)
 
     async def disconnect(self, code) -> None:
+        _layer_watch().sockets.discard(self)
         if getattr(self, "counted", False):
             metrics.WEBSOCKETS.dec()
             self.counted = False
@@ -123,6 +141,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
         except (ValidationError, APIException) as exc:
             await self._send(self._api_error(exc, message))
+        except RedisError as exc:  # the channel layer is down: this socket would miss events
+            logger.warning("websocket closed, channel layer unavailable: %s", exc.__class__.__name__)
+            await self.close(code=CLOSE_TRY_AGAIN)
         except Exception as exc:  # the database or cache is down: say so, keep the socket
             mapped = database_error_as_api_exception(exc)
             if mapped is None:
@@ -220,6 +241,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
             if reply.status != Message.Status.STREAMING:
                 missed = [streaming.final_event_from(reply, last_seq + 1)]
+        ended = any(e["type"] in streaming.TERMINAL for e in missed)
+        # No process produces it any more (its worker died): end it instead of waiting.
+        if reply.status == Message.Status.STREAMING and not ended and await streaming.mark_if_orphaned(reply):
+            reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
+            last = max([last_seq, *(e["seq"] for e in missed)])
+            missed = [*missed, streaming.final_event_from(reply, last + 1)]
         if reply.status == Message.Status.STREAMING:
             self._track(message_id)
         await self.chat_events({"events": missed})
@@ -293,10 +320,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.groups_joined.add(group)
 
     async def _start(self, plan: services.SendPlan, accepted: dict) -> None:
-        await self._join(plan.conversation_id)
-        self._track(plan.assistant_message_id)
-        await self._send({**accepted, "conversation_id": plan.conversation_id, "message_id": plan.assistant_message_id})
-        streaming.start(plan)
+        try:
+            await self._join(plan.conversation_id)
+        finally:
+            # The messages are stored: even if the channel layer failed (the socket is
+            # then closed 1013), produce the reply and tell the client its id to resume.
+            self._track(plan.assistant_message_id)
+            await self._send(
+                {**accepted, "conversation_id": plan.conversation_id, "message_id": plan.assistant_message_id}
+            )
+            streaming.start(plan)
 
     def _track(self, message_id: int) -> None:
         """Hold a listener lease on a reply while it streams, so it is not abandoned."""
@@ -308,7 +341,67 @@ class ChatConsumer(AsyncWebsocketConsumer):
         while self.in_flight:
             for message_id in list(self.in_flight):
                 await shared.renew_listener_lease(message_id, streaming.LEASE_TTL)
+                with contextlib.suppress(DatabaseError):  # the database is down: look again next round
+                    await self._end_if_orphaned(message_id)
             await asyncio.sleep(streaming.LEASE_TTL / 3)
+
+    async def _end_if_orphaned(self, message_id: int) -> None:
+        """A reply whose worker died sends no more events: end it for this socket."""
+        if streaming.running(message_id) is not None or await shared.is_alive(message_id):
+            return
+        reply = await database_sync_to_async(streaming.load_reply)(message_id)
+        if reply is not None and reply.status == Message.Status.STREAMING and await streaming.mark_if_orphaned(reply):
+            reply = await database_sync_to_async(streaming.load_reply)(message_id)
+            final = streaming.final_event_from(reply, self.last_seq.get(message_id, 0) + 1)
+            await self.chat_events({"events": [final]})
+
+
+class _LayerWatch:
+    """While sockets are open in this process, check every second that Redis (the
+    channel layer) answers. When it fails three times in a row, close them all with 1013: a
+    socket on a dead channel layer would otherwise wait for events that never come,
+    while its client could reconnect and resume once Redis is back."""
+
+    INTERVAL = 1.0
+    FAILURES = 3  # a busy Redis (or machine) may miss one ping; a stopped one misses them all
+
+    def __init__(self) -> None:
+        self.sockets: set[ChatConsumer] = set()
+        self.task: asyncio.Task | None = None
+
+    def add(self, consumer: ChatConsumer) -> None:
+        self.sockets.add(consumer)
+        if settings.REDIS_URL and (self.task is None or self.task.done()):
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        failures = 0
+        while self.sockets:
+            await asyncio.sleep(self.INTERVAL)
+            failures = 0 if await _redis_answers() else failures + 1
+            if failures >= self.FAILURES:
+                logger.warning("channel layer unavailable: closing %d websockets (1013)", len(self.sockets))
+                for consumer in list(self.sockets):
+                    self.sockets.discard(consumer)
+                    with contextlib.suppress(Exception):
+                        await consumer.close(code=CLOSE_TRY_AGAIN)
+
+
+_layer_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LayerWatch] = weakref.WeakKeyDictionary()
+
+
+def _layer_watch() -> _LayerWatch:
+    loop = asyncio.get_running_loop()
+    if loop not in _layer_watches:
+        _layer_watches[loop] = _LayerWatch()
+    return _layer_watches[loop]
+
+
+async def _redis_answers() -> bool:
+    try:
+        return bool(await redis.async_client().ping())
+    except Exception:
+        return False
 
 
 def _streaming_replies(user, conversation_id: int) -> list[int]:

@@ -12,7 +12,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -21,6 +20,7 @@ from rest_framework.exceptions import APIException, ValidationError
 
 from chat.providers.base import ProviderError
 from core.authentication import INVALID_KEY_MESSAGE, KeyIdentity, authenticate_key, request_key
+from core.db import database_sync_to_async
 from core.exceptions import _flatten_details, database_error_as_api_exception, error_response
 from core.parsers import parse_json_body, read_limited
 
@@ -53,7 +53,7 @@ async def authenticate(request: HttpRequest, scopes: tuple[str, ...]) -> Caller:
     """The caller, by API key or by session (with CSRF on unsafe methods)."""
     candidate = request_key(request)
     if candidate is not None:
-        result = getattr(request, "api_key_auth", None) or await sync_to_async(authenticate_key)(candidate)
+        result = getattr(request, "api_key_auth", None) or await database_sync_to_async(authenticate_key)(candidate)
         if result is None:
             raise ApiError(401, "authentication_failed", INVALID_KEY_MESSAGE, headers={"WWW-Authenticate": "Bearer"})
         user, identity = result

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from rest_framework import serializers
 
@@ -21,6 +20,7 @@ from chat.providers.base import ChatMessage
 from chat.serializers import content_too_long
 from chat.sse import EventPump, sse_response
 from core import quotas
+from core.db import database_sync_to_async
 from core.exceptions import json_response
 from core.models import APIKey
 
@@ -182,7 +182,7 @@ class _ChunkEncoder:
 @api_view(methods=("POST",), scopes=(APIKey.Scope.CHAT,), render_error=openai_error)
 async def chat_completions(request: HttpRequest, caller: Caller) -> HttpResponse:
     data = validate(CompletionRequestSerializer, json_body(request))
-    plan = await sync_to_async(_prepare)(caller, data)
+    plan = await database_sync_to_async(_prepare)(caller, data)
     generation = streaming.start(plan)
     completion_id = f"chatcmpl-{plan.assistant_message_id}"
     if data["stream"]:
@@ -226,14 +226,14 @@ def _model_object(model: registry.ModelInfo) -> dict:
 
 @api_view(methods=("GET",), scopes=(), render_error=openai_error)
 async def models(request: HttpRequest, caller: Caller) -> HttpResponse:
-    available = await sync_to_async(registry.enabled_models)()
+    available = await database_sync_to_async(registry.enabled_models)()
     tier = caller.user.tier
     return json_response({"object": "list", "data": [_model_object(m) for m in available if m.allows_tier(tier)]})
 
 
 @api_view(methods=("GET",), scopes=(), render_error=openai_error)
 async def model_detail(request: HttpRequest, caller: Caller, name: str) -> HttpResponse:
-    model = await sync_to_async(registry.find_model)(name)
+    model = await database_sync_to_async(registry.find_model)(name)
     if model is None or not model.enabled or not model.allows_tier(caller.user.tier):
         raise ApiError(404, "model_not_found", f"The model '{name}' does not exist or you do not have access to it.")
     return json_response(_model_object(model))

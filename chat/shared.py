@@ -1,5 +1,6 @@
 """Async access to state every process must see while a reply streams: the replay
-buffer of events, cancel requests and listener leases.
+buffer of events, cancel requests and listener leases (and two sync reads for the
+REST views).
 
 With ``REDIS_URL`` it lives in Redis (through redis.asyncio, so the event loop
 never blocks); without it, in this process's memory, which is all there is in the
@@ -37,6 +38,9 @@ class MemoryStore:
         self._lists[key] = (time.monotonic() + ttl, items)
 
     async def lrange(self, key: str, start: int) -> list[bytes]:
+        return self.lrange_now(key, start)
+
+    def lrange_now(self, key: str, start: int) -> list[bytes]:
         expires, items = self._lists.get(key, (0.0, []))
         return items[start:] if expires > time.monotonic() else []
 
@@ -44,7 +48,10 @@ class MemoryStore:
         self._sweep()
         self._values[key] = (time.monotonic() + ttl, value)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, unknown: bytes | None = None) -> bytes | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
         expires, value = self._values.get(key, (0.0, None))
         return value if expires > time.monotonic() else None
 
@@ -70,8 +77,15 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl: float, *, attempts: int = 1) -> None:
         await redis.arun("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)), attempts=attempts)
 
-    async def get(self, key: str) -> bytes | None:
-        return await redis.arun("get", None, lambda client: client.get(key))
+    async def get(self, key: str, unknown: bytes | None = None) -> bytes | None:
+        """The value, or ``unknown`` when Redis cannot answer."""
+        return await redis.arun("get", unknown, lambda client: client.get(key))
+
+    def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
+        return redis.run("get", unknown, lambda client: client.get(key))
+
+    def lrange_now(self, key: str, start: int) -> list[bytes]:
+        return redis.run("replay read", [], lambda client: client.lrange(key, start, -1))
 
     async def delete(self, key: str) -> None:
         await redis.arun("delete", None, lambda client: client.delete(key))
@@ -87,8 +101,12 @@ def store() -> MemoryStore | RedisStore:
     return _store
 
 
-def _replay_key(message_id: int) -> str:
+def replay_key(message_id: int) -> str:
     return f"af:replay:{message_id}"
+
+
+def alive_key(message_id: int) -> str:
+    return f"af:alive:{message_id}"
 
 
 async def replay_append(message_id: int, events: list[dict]) -> None:
@@ -97,12 +115,12 @@ async def replay_append(message_id: int, events: list[dict]) -> None:
 
 async def replay_append_encoded(message_id: int, encoded: list[bytes]) -> None:
     """The same, for events already encoded with orjson (the generation encodes each once)."""
-    await store().rpush(_replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
+    await store().rpush(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
 
 
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:
     """Events with seq > after_seq (seq starts at 1, so index == seq - 1)."""
-    return [orjson.loads(raw) for raw in await store().lrange(_replay_key(message_id), max(after_seq, 0))]
+    return [orjson.loads(raw) for raw in await store().lrange(replay_key(message_id), max(after_seq, 0))]
 
 
 async def request_cancel(message_id: int) -> None:
@@ -122,8 +140,21 @@ async def has_listener_lease(message_id: int) -> bool:
 
 
 async def mark_alive(message_id: int, ttl: float) -> None:
-    await store().set(f"af:alive:{message_id}", b"1", ttl=ttl)
+    await store().set(alive_key(message_id), b"1", ttl=ttl)
 
 
 async def is_alive(message_id: int) -> bool:
-    return await store().get(f"af:alive:{message_id}") is not None
+    """True when the reply's producer marked it alive lately, and when Redis cannot
+    say: an outage must not make every streaming reply look orphaned."""
+    return await store().get(alive_key(message_id), unknown=b"unknown") is not None
+
+
+# Sync reads, for the REST views' check on read (chat.sweeper.settle).
+
+
+def is_alive_now(message_id: int) -> bool:
+    return store().get_now(alive_key(message_id), unknown=b"unknown") is not None
+
+
+def replay_read_now(message_id: int) -> list[dict]:
+    return [orjson.loads(raw) for raw in store().lrange_now(replay_key(message_id), 0)]

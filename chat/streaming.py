@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import orjson
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
@@ -41,6 +40,7 @@ from chat.providers.base import Chunk, ProviderError, ProviderUnavailable, Usage
 from chat.registry import ModelInfo, find_model
 from chat.services import SendPlan, assistant_finish
 from core import metrics, quotas
+from core.db import database_sync_to_async
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -50,6 +50,7 @@ ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0  # a running generation says so; the sweeper t
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
 YIELD_EVERY_CHUNKS = 16  # a burst of chunks gives the event loop back this often
+PUBLISH_STALL_SECONDS = 5.0  # a publisher that ships nothing for this long is given up at the end
 
 USER_CANCEL = "cancelled by the user"
 
@@ -83,6 +84,7 @@ class Generation:
         self.final: dict | None = None
         self.done = asyncio.Event()
         self._outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+        self._published = 0  # events shipped to the replay buffer and the channel group
         self._stream_task: asyncio.Task | None = None
         self._last_listener = time.monotonic()
         self.task: asyncio.Task | None = None
@@ -154,6 +156,7 @@ class Generation:
                     await layer.group_send(group, {"type": "chat.events", "packed": b"\n".join(encoded)})
                 except Exception as exc:  # a dead channel layer must not stop the reply
                     logger.warning("channel layer send failed: %s", exc.__class__.__name__)
+            self._published += len(batch)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -220,14 +223,38 @@ class Generation:
                 final["reason"] = self.cancel_reason
             self.final = self._emit("done", **final)
         self._outbox.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(publisher, timeout=5)
+        await self._drain(publisher)
         self.done.set()
+
+    async def _drain(self, publisher: asyncio.Task) -> None:
+        """Wait until the publisher has shipped every event, the final one included.
+
+        Under load it may be seconds behind the model (many replies share one
+        process and one channel-layer connection); cutting it off at a fixed time
+        lost the end of replies for their sockets. It is given up only once it has
+        shipped nothing for PUBLISH_STALL_SECONDS (a stalled Redis).
+        """
+        shipped = -1
+        try:
+            while not publisher.done() and shipped != self._published:
+                shipped = self._published
+                await asyncio.wait({publisher}, timeout=PUBLISH_STALL_SECONDS)
+        except asyncio.CancelledError:  # the server is stopping
+            publisher.cancel()
+            raise
+        if not publisher.done():
+            publisher.cancel()
+            logger.warning("reply %s: publishing stalled, %d events not shipped", self.message_id, self.seq - shipped)
+        elif not publisher.cancelled() and publisher.exception() is not None:
+            logger.warning("reply %s: publishing failed: %r", self.message_id, publisher.exception())
 
     async def _store(self, content, status, usage, latency_ms, ttft_ms, error_text) -> None:
         self._count(status, usage, latency_ms, ttft_ms)
+        # database_sync_to_async gives the connection back at once: when the request that
+        # started this reply has ended, the call runs on a thread nobody closes, and a
+        # connection left there would never return to the pool.
         try:
-            await sync_to_async(_finish_and_charge)(
+            await database_sync_to_async(_finish_and_charge)(
                 user_id=self.plan.user_id,
                 message_id=self.message_id,
                 content=content,
@@ -343,7 +370,7 @@ async def cancel(message_id: int) -> None:
         await shared.request_cancel(message_id)
 
 
-async def _interrupted(message: Message) -> bool:
+async def mark_if_orphaned(message: Message) -> bool:
     """True (and the reply marked, see chat.sweeper) when no process is producing
     a streaming reply any more."""
     from chat import sweeper
@@ -353,11 +380,11 @@ async def _interrupted(message: Message) -> bool:
     if timezone.now() - message.updated_at < sweeper.MIN_AGE:
         return False
     text = await sweeper.partial_text(message.pk)
-    await sync_to_async(sweeper.mark_interrupted)(message.pk, text)
+    await database_sync_to_async(sweeper.mark_interrupted)(message.pk, text)
     return True
 
 
-def _load_reply(message_id: int) -> Message | None:
+def load_reply(message_id: int) -> Message | None:
     return Message.objects.filter(pk=message_id, role=Message.Role.ASSISTANT).first()
 
 
@@ -423,11 +450,11 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
             await shared.renew_listener_lease(message_id, LEASE_TTL)
         if not batch and now >= next_db_check:
             next_db_check = now + 1.0
-            message = await sync_to_async(_load_reply)(message_id)
+            message = await database_sync_to_async(load_reply)(message_id)
             if message is None:
                 return
-            if message.status == Message.Status.STREAMING and await _interrupted(message):
-                message = await sync_to_async(_load_reply)(message_id)
+            if message.status == Message.Status.STREAMING and await mark_if_orphaned(message):
+                message = await database_sync_to_async(load_reply)(message_id)
             if message.status != Message.Status.STREAMING:
                 tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
                 if tail and tail[-1]["type"] in TERMINAL:

@@ -6,6 +6,7 @@ streaming reply without the mark is interrupted: it is stored with status
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
@@ -38,7 +39,10 @@ def mark_interrupted(message_id: int, content: str | None) -> bool:
 
 async def partial_text(message_id: int) -> str | None:
     """The text streamed so far, from the replay buffer (None once it has expired)."""
-    events = await shared.replay_read(message_id, 0)
+    return _text(await shared.replay_read(message_id, 0))
+
+
+def _text(events: list[dict]) -> str | None:
     if not events:
         return None
     return "".join(event.get("text", "") for event in events if event["type"] == "delta")
@@ -55,3 +59,24 @@ async def sweep(limit: int = 500) -> int:
     if marked:
         logger.warning("marked %d interrupted replies", marked)
     return marked
+
+
+def settle(messages: Iterable[Message]) -> None:
+    """Check on read, for sync code (the REST reads): mark the given replies that are
+    still ``streaming`` though no process produces them any more, so a client never
+    reads ``streaming`` for ever after a worker died. Updates the instances."""
+    cutoff = timezone.now() - MIN_AGE
+    for message in messages:
+        if message.status != Message.Status.STREAMING or message.updated_at >= cutoff or _alive(message.pk):
+            continue
+        if mark_interrupted(message.pk, _partial_text_now(message.pk)):
+            message.refresh_from_db(fields=["status", "error", "content", "updated_at"])
+
+
+def _alive(message_id: int) -> bool:
+    """Whether some process still produces the reply; when Redis cannot say, assume so."""
+    return streaming.running(message_id) is not None or shared.is_alive_now(message_id)
+
+
+def _partial_text_now(message_id: int) -> str | None:
+    return _text(shared.replay_read_now(message_id))

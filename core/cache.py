@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from django.core.cache import cache as shared_cache
 
+from core import redis
+
 T = TypeVar("T")
 
 _NONE = "__af_none__"  # stands for a cached None
@@ -29,7 +31,6 @@ LOCAL_MAX_ENTRIES = 10_000
 LOCK_TTL = 5  # seconds a compute lock lives in the shared tier
 LOCK_WAIT = 0.5  # how long a process waits for another's computation
 LOCK_POLL = 0.01
-BREAKER_SECONDS = 2.0  # after a shared-tier error, skip it this long instead of timing out again
 
 
 class _LocalTier:
@@ -89,7 +90,6 @@ class TwoTierCache:
         self.stats = CacheStats()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
-        self._shared_down_until = 0.0
 
     def _key(self, family: str, key: str) -> str:
         return f"{family}:{key}"
@@ -170,22 +170,19 @@ class TwoTierCache:
         """
         return bool(self._shared(shared_cache.add, True, key, 1, timeout=ttl))
 
-    @property
-    def shared_available(self) -> bool:
-        return time.monotonic() >= self._shared_down_until
-
     def _shared(self, operation: Callable[..., Any], fallback: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one shared-tier operation, failing open: an unreachable Redis is a miss.
 
-        After an error the tier is skipped for BREAKER_SECONDS, so a dead or
-        stalled Redis costs one socket timeout per process, not one per call.
+        After an error Redis is skipped for a while (core.redis's breaker, which the
+        rate limits and quotas share), so a dead or stalled Redis costs one socket
+        timeout per process, not one per call, nor one per caller.
         """
-        if not self.shared_available:
+        if redis.breaker.open:
             return fallback
         try:
             return operation(*args, **kwargs)
-        except Exception:
-            self._shared_down_until = time.monotonic() + BREAKER_SECONDS
+        except Exception as exc:
+            redis.breaker.trip("cache", exc)
             self.stats.record("shared_tier", "error")
             return fallback
 

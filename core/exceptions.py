@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -139,6 +140,19 @@ def handler404(request, exception=None):
 
 
 def handler500(request):
+    # Django calls this while handling the exception, so it can still be looked at: a
+    # database outage raised outside a view (a middleware authenticating an API key
+    # that is not cached yet) is a 503 like one raised inside, not a server error.
+    exc = sys.exc_info()[1]
+    mapped = database_error_as_api_exception(exc) if exc is not None else None
+    if mapped is not None:
+        if is_api_path(request.path):
+            response = error_response(mapped.status_code, mapped.default_code, str(mapped.detail))
+        else:
+            response = HttpResponse(str(mapped.detail), status=mapped.status_code, content_type="text/plain")
+        if mapped.status_code == 503:
+            response["Retry-After"] = "2"
+        return response
     if is_api_path(request.path):
         return error_response(500, "server_error", "Internal server error.")
     from django.views.defaults import server_error

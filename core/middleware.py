@@ -34,6 +34,7 @@ from django_prometheus.middleware import PrometheusBeforeMiddleware as _Promethe
 
 from core import metrics, ratelimit
 from core.authentication import authenticate_key, request_key
+from core.db import database_sync_to_async
 from core.exceptions import database_error_as_api_exception, error_body, error_response, is_api_path, json_response
 from core.net import client_ip
 
@@ -325,7 +326,7 @@ class RateLimitMiddleware(DualModeMiddleware):
     async def _acall(self, request):
         candidate = request_key(request)
         if candidate is not None:
-            request.api_key_auth = await sync_to_async(authenticate_key)(candidate)
+            request.api_key_auth = await database_sync_to_async(authenticate_key)(candidate)
             user, key = request.api_key_auth or (None, None)
         else:
             user, key = await request.auser(), None

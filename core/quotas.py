@@ -4,12 +4,14 @@ The day's usage is a counter in the shared cache (Redis in production), started
 from the database the first time it is needed each day and incremented when a
 reply is stored. A request is refused once the counter reaches the quota;
 replies already running may carry a user slightly past it (they are not cut
-off mid-stream). With Redis unreachable the check fails open, like the rate limits.
+off mid-stream). With Redis unreachable the check fails open, like the rate limits,
+and shares their circuit breaker (core.redis), so a stalled Redis costs one socket
+timeout per process rather than one per request.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -20,7 +22,7 @@ from django.utils import timezone
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
-logger = logging.getLogger("agentsflow.quotas")
+from core import redis
 
 
 class QuotaExceeded(APIException):
@@ -75,15 +77,11 @@ def usage(user) -> QuotaUsage:
     limit = settings.TOKEN_QUOTAS[user.tier]
     reset = int((day_end - now).total_seconds())
     key = _key(user.pk, day_start)
-    try:
-        used = cache.get(key)
-        if used is None:
-            cache.add(key, _used_from_database(user.pk, day_start), timeout=reset + 3600)
-            used = cache.get(key, 0)
-    except Exception as exc:  # Redis down: fail open
-        logger.warning("quota check skipped: %s", exc.__class__.__name__)
-        used = 0
-    return QuotaUsage(tier=user.tier, limit=limit, used=int(used), reset=reset)
+    used = _cache("quota check", cache.get, key)
+    if used is None and not redis.breaker.open:
+        _cache("quota check", cache.add, key, _used_from_database(user.pk, day_start), timeout=reset + 3600)
+        used = _cache("quota check", cache.get, key)
+    return QuotaUsage(tier=user.tier, limit=limit, used=int(used or 0), reset=reset)
 
 
 def check(user) -> QuotaUsage:
@@ -99,9 +97,19 @@ def charge(user_id: int, tokens: int) -> None:
     if tokens <= 0:
         return
     day_start, _ = _day_bounds(timezone.now())
+    with contextlib.suppress(ValueError):  # no counter yet: the day's first check starts it from the database
+        _cache("quota charge", cache.incr, _key(user_id, day_start), tokens)
+
+
+def _cache(operation: str, call, *args, **kwargs):
+    """A shared-cache call that fails open (None) when Redis is down, skipping it
+    while the breaker is open."""
+    if redis.breaker.open:
+        return None
     try:
-        cache.incr(_key(user_id, day_start), tokens)
-    except ValueError:
-        pass  # no counter yet: the first check of the day will start it from the database
+        return call(*args, **kwargs)
+    except ValueError:  # not Redis failing: incr of a key that does not exist
+        raise
     except Exception as exc:
-        logger.warning("quota charge skipped: %s", exc.__class__.__name__)
+        redis.breaker.trip(operation, exc)
+        return None

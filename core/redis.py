@@ -59,6 +59,9 @@ def sync_client():
 
 def async_client():
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
 
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
@@ -69,6 +72,9 @@ def async_client():
             socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             retry_on_timeout=False,
+            # Once, at once, on a fresh connection, and only when the connection was
+            # closed (never a timeout): see agentsflow/settings.py.
+            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         )
         _async_clients[loop] = client
     return client

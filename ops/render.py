@@ -45,6 +45,8 @@ class NginxConfig:
     api_burst: int = 20
     auth_rate: str | None = "5r/s"  # the guide's auth zone: sign-in and key creation
     auth_burst: int = 5
+    max_body_bytes: int = 1024 * 1024  # the platform's MAX_BODY_BYTES
+    rlimit_nofile: int = 65535  # descriptors per worker (systemd's LimitNOFILE must allow it)
     conn_limit: int | None = 256  # open streams/WebSockets per client address; None: no limit
     tls_certificate: str | None = None  # with tls_certificate_key: listen 443 ssl, port 80 redirects
     tls_certificate_key: str | None = None
@@ -75,6 +77,8 @@ class NginxConfig:
             "auth_rate": self.auth_rate or "1r/s",
             "api_limit": f"{indent}limit_req zone=api burst={self.api_burst} nodelay;" if self.api_rate else "",
             "auth_limit": f"{indent}limit_req zone=auth burst={self.auth_burst} nodelay;" if self.auth_rate else "",
+            "max_body_bytes": str(self.max_body_bytes),
+            "rlimit_nofile": str(self.rlimit_nofile),
             "conn_limit": f"{indent}limit_conn per_ip {self.conn_limit};" if self.conn_limit else "",
             "asgi_regex": nginx_asgi_regex(),
             "tls": self._tls(),

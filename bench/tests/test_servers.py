@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.servers import Results, Run, markdown, summarize, wrk
+from bench.servers import Results, Run, cpu_seconds, markdown, summarize, wrk
 
 REQUIRED = os.environ.get("AGENTSFLOW_REQUIRE_SERVICES") == "1"
 
@@ -56,9 +58,13 @@ def test_wrk_sends_the_key_and_reports_figures(http_server):
 def test_summary_ranks_by_median_and_keeps_every_round():
     results = Results()
     for rps in (100, 300, 200):
-        results.add("a", "health", Run(rps=rps, p50_ms=1, p99_ms=rps / 10, errors=0, peak_connections=2))
+        results.add(
+            "a", "health", Run(rps=rps, p50_ms=1, p99_ms=rps / 10, errors=0, peak_connections=2, cpu_ms_per_request=1.5)
+        )
     for rps in (50, 400, 60):
-        results.add("b", "health", Run(rps=rps, p50_ms=2, p99_ms=9, errors=1, peak_connections=5))
+        results.add(
+            "b", "health", Run(rps=rps, p50_ms=2, p99_ms=9, errors=1, peak_connections=5, cpu_ms_per_request=rps / 100)
+        )
     summary = summarize(results, ["a", "b"], ["health"])
     assert summary["health"]["a"] == {
         "rps_median": 200,
@@ -67,9 +73,27 @@ def test_summary_ranks_by_median_and_keeps_every_round():
         "p99_ms": 20,
         "errors": 0,
         "peak_pg_connections": 2,
+        "cpu_ms_per_request": 1.5,
         "ratio_to_best": 1.0,
     }
     assert summary["health"]["b"]["ratio_to_best"] == 0.3 and summary["health"]["b"]["errors"] == 3
+    assert summary["health"]["b"]["cpu_ms_per_request"] == 0.6
     meta = dict(command="x", date="d", machine="m", wrk="-t1", rounds=3, duration=1, load_before="1", load_after="2")
     table = markdown(summary, meta)
     assert table.index("| a | 200 |") < table.index("| b | 60 |")
+
+
+def test_cpu_seconds_counts_a_process_group():
+    """A child in a session of its own burns 0.3 s of CPU, then waits: that time shows
+    under its process group (and an unknown group counts nothing)."""
+    spin = "import sys, time\nwhile time.process_time() < 0.3: pass\nprint('spun', flush=True)\nsys.stdin.read()"
+    busy = subprocess.Popen(
+        [sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert busy.stdout.readline().strip() == "spun"
+        assert 0.29 <= cpu_seconds({busy.pid}) < 2.0
+        assert cpu_seconds({2**22 + 12345}) == 0
+    finally:
+        busy.stdin.close()
+        busy.wait(10)

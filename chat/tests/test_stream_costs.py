@@ -4,12 +4,15 @@ frames are the events as encoded once for the replay buffer."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
 
 from bench.fake_upstream import run_fake_upstream
 from chat import registry, services, shared, streaming
+from chat.models import Message
 from chat.providers import get_provider
 from chat.providers.base import ChatMessage
 from chat.tests.test_websocket import connect, receive, until_final
@@ -70,7 +73,7 @@ async def test_socket_frames_are_the_replay_buffer_entries_byte_for_byte(chat_cl
         frames.append(raw.encode())
         if orjson.loads(raw)["type"] in streaming.TERMINAL:
             break
-    stored = await shared.store().lrange(shared._replay_key(accepted["message_id"]), 0)
+    stored = await shared.store().lrange(shared.replay_key(accepted["message_id"]), 0)
     assert frames == stored
     assert [orjson.loads(f)["seq"] for f in frames] == list(range(1, len(frames) + 1))
     await ws.disconnect()
@@ -110,3 +113,44 @@ async def test_reply_events_reach_a_socket_without_a_hop_to_the_sync_thread(chat
     assert events[-1]["type"] == "done"
     assert len(hops) - before == 1  # the "send" message itself, none for the reply events
     await ws.disconnect()
+
+
+def _slow_replay(monkeypatch, delay: float, *, stall_after: int | None = None) -> None:
+    """Make each replay-buffer write take ``delay`` (or never end after ``stall_after`` writes),
+    as a loaded Redis does; the publisher waits for it before the channel group send."""
+    original = shared.replay_append_encoded
+    writes = []
+
+    async def slow(message_id, encoded):
+        writes.append(1)
+        await asyncio.sleep(3600 if stall_after is not None and len(writes) > stall_after else delay)
+        await original(message_id, encoded)
+
+    monkeypatch.setattr(shared, "replay_append_encoded", slow)
+
+
+async def test_a_publisher_behind_the_model_still_ships_the_end(chat_client, echo_model, monkeypatch):
+    """Publishing takes longer in all than PUBLISH_STALL_SECONDS but keeps moving
+    (each write 0.25 s: the start is still in flight when the reply ends, and the
+    rest needs a write of its own): the socket must still get every event."""
+    monkeypatch.setattr(streaming, "PUBLISH_STALL_SECONDS", 0.3)
+    _slow_replay(monkeypatch, 0.25)
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "late but whole", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    assert events[-1]["type"] == "done" and events[-1]["content"] == "late but whole"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    await ws.disconnect()
+
+
+async def test_a_stalled_publisher_is_given_up_and_the_reply_still_stored(chat_client, echo_model, monkeypatch, caplog):
+    monkeypatch.setattr(streaming, "PUBLISH_STALL_SECONDS", 0.2)
+    _slow_replay(monkeypatch, 0.0, stall_after=1)
+    plan = await sync_to_async(_plan)(chat_client.user, "echo")
+    generation = streaming.start(plan)
+    await asyncio.wait_for(generation.task, 5)
+    assert generation.final["type"] == "done"
+    assert "publishing stalled" in caplog.text
+    reply = await Message.objects.aget(pk=plan.assistant_message_id)
+    assert reply.status == Message.Status.COMPLETE and reply.content == "go"

@@ -67,3 +67,52 @@ def test_sweep_replies_command(user, django_db_blocker):
     out = StringIO()
     call_command("sweep_replies", stdout=out)
     assert "marked 1" in out.getvalue()
+
+
+# Found by resilience/tests/test_faults.py (a worker killed mid-stream): only the SSE
+# stream checked on read; the REST reads and a WebSocket resume showed `streaming` for ever.
+
+
+async def test_reading_an_orphan_over_rest_marks_it(chat_client):
+    orphan = await sync_to_async(_orphan)(chat_client.user)
+    await _buffer(orphan, "Hel", "lo")
+    detail = (await chat_client.get(f"/api/messages/{orphan.pk}")).json()
+    assert detail["status"] == "error" and detail["content"] == "Hello"
+    listed = (await chat_client.get(f"/api/conversations/{orphan.conversation_id}/messages")).json()["results"]
+    assert [m["status"] for m in listed] == ["complete", "error"]
+    assert (await sync_to_async(Message.objects.get)(pk=orphan.pk)).error == sweeper.INTERRUPTED
+
+
+async def test_rest_reads_leave_live_and_young_replies_alone(chat_client):
+    alive = await sync_to_async(_orphan)(chat_client.user)
+    await shared.mark_alive(alive.pk, ttl=10)
+    young = await sync_to_async(_orphan)(chat_client.user, age_seconds=0)
+    for reply in (alive, young):
+        assert (await chat_client.get(f"/api/messages/{reply.pk}")).json()["status"] == "streaming"
+
+
+async def test_resuming_an_orphan_over_a_websocket_ends_it(chat_client):
+    from chat.tests.test_websocket import connect, until_final
+
+    orphan = await sync_to_async(_orphan)(chat_client.user)
+    await _buffer(orphan, "par", "tial")
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "resume", "message_id": orphan.pk, "last_seq": 1})
+    events = await until_final(ws, orphan.pk)
+    assert [e["type"] for e in events] == ["delta", "delta", "error"]
+    assert events[-1]["seq"] == 4 and events[-1]["status"] == "error"
+    await ws.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_reply_counts_as_alive_while_redis_cannot_say(chat_client):
+    """A sweep during a Redis outage must not take every streaming reply for an orphan."""
+    from core import redis
+
+    orphan = await sync_to_async(_orphan)(chat_client.user)
+    redis.breaker.trip("test", ConnectionError("down"))
+    assert await shared.is_alive(orphan.pk)
+    assert await sweeper.sweep() == 0
+    redis.breaker.reset()
+    assert not await shared.is_alive(orphan.pk)
+    assert await sweeper.sweep() == 1

@@ -235,3 +235,19 @@ async def test_key_without_chat_scope_is_closed(transactional_db, make_user):
     await communicator.connect()
     assert (await receive(communicator))["code"] == "permission_denied"
     assert (await communicator.receive_output(timeout=2))["code"] == 4401
+
+
+@pytest.mark.redis
+async def test_a_socket_is_told_to_come_back_later_when_the_channel_layer_is_down(chat_client, settings):
+    """Found by resilience/tests/test_faults.py (Redis stopped): the handshake failed with
+    an HTTP 500 (and sockets already open waited for ever); now: close 1013, try again later."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 0.2}]},
+        }
+    }
+    communicator = socket(chat_client.key)
+    connected, _ = await communicator.connect()
+    assert connected
+    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 1013}

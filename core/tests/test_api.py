@@ -155,3 +155,19 @@ def test_unhandled_exception_under_api_is_json_500(client, settings):
     settings.DEBUG = True  # even the debug page must not replace the JSON body
     client.raise_request_exception = False
     _assert_error(client.get("/api/boom"), 500, "server_error")
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/api/me", "application/json"), ("/", "text/plain")])
+def test_database_outage_outside_a_view_is_503_not_500(rf, path, content_type):
+    """Django's 500 handler runs for exceptions raised by middleware too (an uncached
+    API key looked up while PostgreSQL is down); found by resilience/tests/test_faults.py."""
+    from django.db import OperationalError
+
+    from core.exceptions import handler500
+
+    try:
+        raise OperationalError("connection refused")
+    except OperationalError:
+        response = handler500(rf.get(path))
+    assert response.status_code == 503 and response["Retry-After"] == "2"
+    assert response["Content-Type"].startswith(content_type)

@@ -122,6 +122,26 @@ def test_redis_down_fails_open_to_a_per_process_limit(user, make_key, key_client
     assert ratelimit.local_counter._counts  # the fallback counted them
 
 
+@pytest.mark.redis
+def test_quota_fails_open_and_trips_the_shared_breaker_when_redis_is_down(user, settings):
+    """Found by resilience/tests/test_faults.py (Redis stalled): every quota check paid
+    the full socket timeout, where the rate limits paid it once per process."""
+    from django.core.cache import caches
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            **settings.CACHES["default"],
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {**settings.CACHES["default"]["OPTIONS"], "SOCKET_CONNECT_TIMEOUT": 0.1},
+        },
+    }
+    caches._settings = None
+    assert quotas.usage(user).used == 0
+    assert redis.breaker.open  # the next checks skip Redis instead of waiting for it again
+    quotas.charge(user.pk, 10)  # skipped, not raised
+
+
 def test_quota_endpoint_reports_requests_and_tokens(api, user):
     body = api.get("/api/quota").json()
     assert body["tier"] == "regular"
@@ -179,3 +199,17 @@ def test_sign_in_per_minute_limit(db, settings):
 def test_key_creation_is_limited_by_the_auth_zone(api):
     statuses = [api.post("/api/keys", {"name": f"k{n}"}, format="json").status_code for n in range(12)]
     assert set(statuses) == {201, 429} and statuses.count(201) <= 10
+
+
+def test_the_cache_skips_redis_while_the_shared_breaker_is_open():
+    """Found by resilience/tests/test_faults.py (Redis stalled): the two-tier cache had a
+    breaker of its own, so one request could wait out a socket timeout in the rate
+    limiter and another in the cache."""
+    from core.cache import two_tier
+
+    cache.set("breaker-test:k", "from the shared tier")  # the two-tier cache's key for ("breaker-test", "k")
+    redis.breaker.trip("rate limit", TimeoutError("stalled"))
+    assert two_tier.get_or_compute("breaker-test", "k", lambda: "computed", ttl=10) == "computed"
+    redis.breaker.reset()
+    two_tier.local.clear()
+    assert two_tier.get_or_compute("breaker-test", "k", lambda: "computed", ttl=10) == "from the shared tier"

@@ -55,7 +55,8 @@ def test_postgres_settings_use_the_pool_with_timeouts():
     result = _django(
         "from django.conf import settings as s; d = s.DATABASES['default']; "
         "print(d['CONN_MAX_AGE'], d['OPTIONS']['pool']['max_size'], d['OPTIONS']['connect_timeout'], "
-        "d['OPTIONS']['options'], d['OPTIONS']['application_name'])",
+        "d['OPTIONS']['options'], d['OPTIONS']['application_name'], d['CONN_HEALTH_CHECKS'], "
+        "d['OPTIONS']['pool']['reconnect_timeout'])",
         {
             "DATABASE_URL": "postgres://postgres@127.0.0.1/agentsflow",
             "DB_POOL_MAX_SIZE": "12",
@@ -63,7 +64,10 @@ def test_postgres_settings_use_the_pool_with_timeouts():
         },
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0", "12", "10", "-c", "statement_timeout=2500", "agentsflow"]
+    # Found by resilience/tests/test_faults.py: without CONN_HEALTH_CHECKS the pool handed
+    # terminated backends to requests; without a short reconnect_timeout it healed 20+ s
+    # after a 40-s outage ended.
+    assert result.stdout.split() == ["0", "12", "10", "-c", "statement_timeout=2500", "agentsflow", "True", "5"]
 
 
 def test_bad_environment_value_stops_start_up():

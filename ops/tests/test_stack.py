@@ -215,11 +215,18 @@ def test_hashed_static_files_are_immutable(stack):
 
 def test_errors_nginx_produces_keep_the_json_shape(stack):
     with client() as http:
-        big = http.post(f"{stack.url}/api/keys", content=b"x" * (21 * 1024 * 1024))
-        assert big.status_code == 413 and big.json()["code"] == "payload_too_large"
-        # Over the platform's own limit but under nginx's: Django's JSON 413.
-        medium = http.post(
-            f"{stack.url}/api/keys", content=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"}
-        )
-        assert medium.status_code == 413 and medium.json()["status"] == 413
+        # nginx refuses a body over the platform's MAX_BODY_BYTES itself, declared or
+        # chunked, on either server's paths, in the platform's JSON shape.
+        for path, body in (
+            ("/api/keys", b"x" * (2 * 1024 * 1024)),
+            ("/api/chat", b"x" * (1024 * 1024 + 1)),
+            ("/api/keys", iter([b"x" * 65536] * 20)),  # chunked: no Content-Length
+        ):
+            response = http.post(stack.url + path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 413, (path, response.status_code, response.text)
+            assert response.json() == {
+                "status": 413,
+                "code": "payload_too_large",
+                "message": "The request body is too large.",
+            }
         assert http.get(f"{stack.url}/metrics").status_code == 404  # scraped per server, not through nginx
