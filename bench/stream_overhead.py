@@ -39,6 +39,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -551,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stream-overhead-")))
+        logs = Path(tempfile.mkdtemp(prefix="stream-overhead-logs-"))
         upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=args.tokens))
         checkouts = [("", BASE_DIR)]
         if args.baseline:
@@ -563,12 +565,17 @@ def main(argv: list[str] | None = None) -> None:
             for suffix, checkout in checkouts:
                 label = setup + (suffix or ("/after" if args.baseline else ""))
                 server = stack.enter_context(
-                    run_server(env, cwd=checkout, log_path=tmp / f"{label.replace('/', '-')}.log")
+                    run_server(env, cwd=checkout, log_path=logs / f"{label.replace('/', '-')}.log")
                 )
                 servers.append((label, server.url, key))
                 print(f"{label}: {server.url} (pid {server.process.pid})", file=sys.stderr, flush=True)
         raw = asyncio.run(bench(args, servers, upstream))
     machine["load_average_end"] = os.getloadavg()
+    # The servers' logs are kept when a stream failed, to find out why.
+    if any(run["failed"] for cells in raw.values() for runs in cells.values() for run in runs):
+        print(f"some streams failed; server logs kept in {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
     text, data = report(args, machine, raw)
     print(text)
     output = Path(args.output)
