@@ -36,6 +36,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,17 +215,25 @@ def _profile_misses(results, figures, platform, files, work_dir, plan, keys_file
         profiles[figure.id] = {"error": error} if error else {**profiler.summarise(output), "server": figure.server}
     stream = results.get("stream")
     if stream and stream.get("passed") is False:
-        _log(f"profile: streamed events ({plan.profile_seconds:.0f} s, py-spy on the asgi server)")
+        _log(f"profile: streamed events ({plan.profile_seconds:.0f} s of steady streaming, py-spy on the asgi server)")
         output = out_dir / "stream.txt"
         spies = []
 
+        # Sample once the streams are flowing (the measured run's median wait for a
+        # first delta), not while the sends are still being stored.
+        delay = min(30.0, (stream["send_to_first_delta_ms"]["p50"] or 0) / 1000)
+
         def begin() -> None:
-            spies.append(profiler.start(platform.roots["asgi"], plan.profile_seconds, output))
+            def later() -> None:
+                time.sleep(delay)
+                spies.append(profiler.start(platform.roots["asgi"], plan.profile_seconds, output))
+
+            threading.Thread(target=later, daemon=True).start()
 
         # The figure is measured already: this second run only feeds the profiler.
         with contextlib.suppress(Exception):
             ws.streamed_events(platform, keys_file, work_dir, plan.stream, on_go=begin)
-        error = profiler.finish(spies[0]) if spies else "the streams did not start"
+        error = profiler.finish(spies[0]) if spies else "the streams ended before sampling began"
         profiles["stream"] = {"error": error} if error else {**profiler.summarise(output), "server": "asgi"}
     return profiles
 

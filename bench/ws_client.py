@@ -57,8 +57,9 @@ async def read_line() -> str:
 class Opener:
     """Opens authenticated sockets, a bounded number of handshakes at a time."""
 
-    def __init__(self, url: str, keys: list[str], handshakes: int) -> None:
+    def __init__(self, url: str, keys: list[str], handshakes: int, compression: str = "deflate") -> None:
         self.url, self.keys = url, keys
+        self.compression = None if compression == "none" else compression
         self.limit = asyncio.Semaphore(handshakes)
         self.failures: Counter[str] = Counter()
 
@@ -72,6 +73,7 @@ class Opener:
                     ping_interval=None,  # the server pings every 20 s; answering is enough
                     close_timeout=5,
                     max_queue=None,
+                    compression=self.compression,  # browsers offer permessage-deflate too
                 )
             except Exception as exc:
                 self.failures[type(exc).__name__] += 1
@@ -129,7 +131,7 @@ async def close_all(sockets: list) -> None:
 
 
 async def hold(args) -> None:
-    opener = Opener(args.url, args.keys, args.handshakes)
+    opener = Opener(args.url, args.keys, args.handshakes, args.compression)
     sockets = await opener.open_many(args.count, "held")
     await read_line()
     still_open = sum(1 for ws in sockets if ws.state is State.OPEN)
@@ -176,7 +178,7 @@ async def _stream_one(ws, index: int, args, samples: array, report: dict) -> Non
 
 
 async def stream(args) -> None:
-    opener = Opener(args.url, args.keys, args.handshakes)
+    opener = Opener(args.url, args.keys, args.handshakes, args.compression)
     sockets = await opener.open_many(args.sockets, "ready")
     await read_line()  # "go": every client process starts at once
     samples: array = array("q")
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--url", required=True)
         p.add_argument("--keys", required=True, help="a file with one API key a line")
         p.add_argument("--handshakes", type=int, default=100, help="handshakes in flight at once")
+        p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
     sub.choices["hold"].add_argument("--count", type=int, required=True)
     sub.choices["stream"].add_argument("--sockets", type=int, required=True)
     sub.choices["stream"].add_argument("--model", required=True)
