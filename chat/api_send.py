@@ -30,6 +30,7 @@ CHAT_SCOPES = (APIKey.Scope.CHAT,)
 # Database work goes through core.db.database_sync_to_async, which hands the
 # connection back to the pool after each call: a request waiting on the model holds none.
 CANCEL_WAIT_SECONDS = 2.0
+MAX_EVENT_ID = 2**31 - 1  # far more events than any reply has
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -293,6 +294,8 @@ def _last_event_id(request: HttpRequest) -> int:
         raise ApiError(400, "invalid", "Last-Event-ID (or ?after=) must be an integer.") from None
     if value < 0:
         raise ApiError(400, "invalid", "Last-Event-ID (or ?after=) must not be negative.")
+    if value > MAX_EVENT_ID:  # larger ones broke the stream after its headers (Redis, orjson)
+        raise ApiError(400, "invalid", f"Last-Event-ID (or ?after=) must be at most {MAX_EVENT_ID}.")
     return value
 
 

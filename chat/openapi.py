@@ -171,6 +171,7 @@ _SCHEMAS = {
     },
 }
 
+_EVENT_ID = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
 _SECURITY = [{"apiKey": []}, {"cookieAuth": []}]
 _ID = {"in": "path", "required": True, "schema": {"type": "integer"}}
 
@@ -275,8 +276,8 @@ def _paths() -> dict:
                 {"200": {"description": "The event stream.", "content": _SSE}, **_errors(400, 401, 403, 404)},
                 parameters=[
                     *message_id,
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
-                    {"name": "after", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "Last-Event-ID", "in": "header", "schema": _EVENT_ID},
+                    {"name": "after", "in": "query", "schema": _EVENT_ID},
                 ],
             )
         },
