@@ -180,6 +180,7 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
 if REDIS_URL:
     from redis.backoff import NoBackoff
+    from redis.connection import parse_url as parse_redis_url
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
@@ -224,7 +225,9 @@ if REDIS_URL:
                 # redis-py's defaults (100 connections, 5 s socket timeout) collide
                 # with the layer's own blocking reads under load; set them explicitly.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_connect_timeout": 1}],
-                "prefix": "af-ch",
+                # Pub/sub channels are server-wide, not per database: two deployments
+                # (or the tests and a benchmark) on one Redis would hear each other.
+                "prefix": f"af-ch-{parse_redis_url(REDIS_URL).get('db', 0)}",
             },
         }
     }

@@ -116,3 +116,14 @@ def test_embedded_defaults_need_no_variables():
         "channels.layers.InMemoryChannelLayer",
         "True",
     ]
+
+
+def test_channel_layer_prefix_names_the_redis_database():
+    """Redis pub/sub ignores the database number: deployments on databases 3 and 15
+    of one server would hear each other's groups unless the prefix tells them apart."""
+    code = "from django.conf import settings as s; print(s.CHANNEL_LAYERS['default']['CONFIG']['prefix'])"
+    prefixes = [
+        _django(code, {"REDIS_URL": url}).stdout.strip()
+        for url in ("redis://127.0.0.1:6379/3", "redis://127.0.0.1:6379/15", "redis://127.0.0.1:6379")
+    ]
+    assert prefixes == ["af-ch-3", "af-ch-15", "af-ch-0"]
