@@ -71,8 +71,12 @@ def django_db_modify_db_settings(django_db_modify_db_settings):
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """pytest-django's test database, and a last check that the tests use it."""
-    if connection.vendor == "postgresql":
+    """pytest-django's test database, and a last check that the tests use it.
+
+    pytest-django creates no test database when no selected test needs one (the
+    settings then still name the real one, which no test may touch): nothing to check."""
+    test_database_created = connection.settings_dict["NAME"] == connection.creation._get_test_db_name()
+    if connection.vendor == "postgresql" and test_database_created:
         with django_db_blocker.unblock(), connection.cursor() as cursor:
             cursor.execute("SELECT current_database()")
             actual = cursor.fetchone()[0]
