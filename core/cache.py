@@ -117,18 +117,29 @@ class TwoTierCache:
             return None if value == _NONE else value
 
         self.stats.record(family, "miss")
-        with self._process_lock(full_key):
+        lock = self._process_lock(full_key)
+        # The wait is bounded: a waiter may hold the database connection the computing
+        # thread needs (N waiters, a pool of N), a deadlock until the pool times out.
+        # After LOCK_WAIT it computes with its own connection instead.
+        locked = lock.acquire(timeout=LOCK_WAIT)
+        try:
             # Another thread of this process may have filled it while we waited.
-            value = self.local.get(full_key)
-            if value is not _MISSING:
-                return None if value == _NONE else value
-            value = self._compute_once(full_key, compute, ttl, cache_none)
-            self.local.set(full_key, value, min(local_ttl, ttl))
+            value = self.local.get(full_key) if locked else _MISSING
+            if value is _MISSING:
+                value = self._compute_once(full_key, compute, ttl, cache_none, wait=locked)
+                self.local.set(full_key, value, min(local_ttl, ttl))
+        finally:
+            if locked:
+                lock.release()
         return None if value == _NONE else value
 
-    def _compute_once(self, full_key: str, compute: Callable[[], Any], ttl: float, cache_none: bool) -> Any:
-        lock_key = f"lock:{full_key}"
-        if not self.claim(lock_key, LOCK_TTL):
+    def _compute_once(
+        self, full_key: str, compute: Callable[[], Any], ttl: float, cache_none: bool, *, wait: bool = True
+    ) -> Any:
+        """Compute and store; while another process computes (and ``wait``), wait
+        briefly for its result instead."""
+        lock_key = f"lock:{full_key}" if wait else None
+        if lock_key and not self.claim(lock_key, LOCK_TTL):
             # Another process is computing: wait briefly for its result.
             deadline = time.monotonic() + LOCK_WAIT
             while time.monotonic() < deadline:
