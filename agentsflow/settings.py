@@ -184,8 +184,11 @@ if REDIS_URL:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
+    # Blocking pools: with every connection busy a call waits (up to a socket timeout)
+    # for one, where a plain pool fails "Too many connections" and trips the breakers.
     _REDIS_POOL = {
         "max_connections": REDIS_MAX_CONNECTIONS,
+        "timeout": REDIS_SOCKET_TIMEOUT,
         "retry_on_timeout": False,
         # A connection the server closed (Redis restarted) fails its next command:
         # retry that once, at once, on a fresh connection, instead of reporting Redis
@@ -202,6 +205,7 @@ if REDIS_URL:
                 # Short timeouts: a dead or stalled Redis must not hang a request.
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
                 "CONNECTION_POOL_KWARGS": _REDIS_POOL,
             },
         },
@@ -213,6 +217,7 @@ if REDIS_URL:
             "OPTIONS": {
                 "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
                 "CONNECTION_POOL_KWARGS": _REDIS_POOL,
                 "IGNORE_EXCEPTIONS": True,
             },

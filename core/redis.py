@@ -66,8 +66,12 @@ def async_client():
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = aioredis.from_url(
+        # Blocking: with all connections busy (a burst of streams), an operation waits
+        # up to a socket timeout for one instead of failing "Too many connections",
+        # which tripped the breaker and sent the whole process to its fallbacks.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
+            timeout=settings.REDIS_SOCKET_TIMEOUT,
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
@@ -76,7 +80,7 @@ def async_client():
             # closed (never a timeout): see agentsflow/settings.py.
             retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         )
-        _async_clients[loop] = client
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
 
 
