@@ -58,6 +58,12 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
+    async def started_within(self, seconds: float) -> bool:
+        return False  # it lives as long as the process, and the marks with it
+
+    def started_within_now(self, seconds: float) -> bool:
+        return False
+
 
 class RedisStore:
     """Through core.redis: per-loop async clients, short timeouts, a circuit breaker."""
@@ -90,6 +96,16 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await redis.arun("delete", None, lambda client: client.delete(key))
 
+    async def started_within(self, seconds: float) -> bool:
+        """Whether Redis (re)started less than ``seconds`` ago, losing what it held;
+        True when it cannot say."""
+        info = await redis.arun("uptime", None, lambda client: client.info("server"))
+        return info is None or info["uptime_in_seconds"] < seconds
+
+    def started_within_now(self, seconds: float) -> bool:
+        info = redis.run("uptime", None, lambda client: client.info("server"))
+        return info is None or info["uptime_in_seconds"] < seconds
+
 
 _store: MemoryStore | RedisStore | None = None
 
@@ -99,6 +115,14 @@ def store() -> MemoryStore | RedisStore:
     if _store is None:
         _store = RedisStore() if redis.configured() else MemoryStore()
     return _store
+
+
+# A running generation renews its alive mark every ALIVE_RENEW seconds; a mark
+# silent for ALIVE_TTL means no process produces the reply any more. A restarted
+# Redis has lost every mark: each comes back at a generation's next renewal, which
+# an open breaker may put off once, so within two lifetimes.
+ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0
+MARKS_BACK_WITHIN = 2 * ALIVE_TTL
 
 
 def replay_key(message_id: int) -> str:
@@ -139,21 +163,26 @@ async def has_listener_lease(message_id: int) -> bool:
     return await store().get(f"af:listen:{message_id}") is not None
 
 
-async def mark_alive(message_id: int, ttl: float) -> None:
+async def mark_alive(message_id: int, ttl: float = ALIVE_TTL) -> None:
     await store().set(alive_key(message_id), b"1", ttl=ttl)
 
 
 async def is_alive(message_id: int) -> bool:
-    """True when the reply's producer marked it alive lately, and when Redis cannot
-    say: an outage must not make every streaming reply look orphaned."""
-    return await store().get(alive_key(message_id), unknown=b"unknown") is not None
+    """True when the reply's producer marked it alive lately; also when Redis cannot
+    say, or restarted too lately to hold the marks again: an outage must not make
+    every streaming reply look orphaned."""
+    if await store().get(alive_key(message_id), unknown=b"unknown") is not None:
+        return True
+    return await store().started_within(MARKS_BACK_WITHIN)
 
 
 # Sync reads, for the REST views' check on read (chat.sweeper.settle).
 
 
 def is_alive_now(message_id: int) -> bool:
-    return store().get_now(alive_key(message_id), unknown=b"unknown") is not None
+    if store().get_now(alive_key(message_id), unknown=b"unknown") is not None:
+        return True
+    return store().started_within_now(MARKS_BACK_WITHIN)
 
 
 def replay_read_now(message_id: int) -> list[dict]:

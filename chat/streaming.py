@@ -46,7 +46,6 @@ logger = logging.getLogger("agentsflow.chat")
 
 TERMINAL = frozenset({"done", "error"})
 WATCH_INTERVAL = 0.25  # how often a generation checks for cancel requests and listeners
-ALIVE_RENEW, ALIVE_TTL = 2.0, 6.0  # a running generation says so; the sweeper trusts silence after ALIVE_TTL
 LEASE_TTL = 10.0  # a socket renews its listener lease every LEASE_TTL / 3 seconds
 SUBSCRIBER_QUEUE_LIMIT = 10_000  # a subscriber this far behind is dropped, not buffered forever
 YIELD_EVERY_CHUNKS = 16  # a burst of chunks gives the event loop back this often
@@ -330,9 +329,9 @@ class Generation:
         grace = settings.CHAT_STREAM_GRACE_SECONDS
         alive_renewed = 0.0
         while True:
-            if time.monotonic() - alive_renewed >= ALIVE_RENEW:
+            if time.monotonic() - alive_renewed >= shared.ALIVE_RENEW:
                 alive_renewed = time.monotonic()
-                await shared.mark_alive(self.message_id, ALIVE_TTL)
+                await shared.mark_alive(self.message_id)
             await asyncio.sleep(WATCH_INTERVAL)
             if settings.REDIS_URL and await shared.cancel_requested(self.message_id):
                 self.cancel()

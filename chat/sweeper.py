@@ -18,7 +18,7 @@ from chat.models import Message
 logger = logging.getLogger("agentsflow.chat")
 
 INTERRUPTED = "The worker producing this reply stopped before it finished."
-MIN_AGE = timedelta(seconds=streaming.ALIVE_TTL)  # younger replies may not have marked themselves yet
+MIN_AGE = timedelta(seconds=shared.ALIVE_TTL)  # younger replies may not have marked themselves yet
 
 
 def _candidates(limit: int) -> list[int]:

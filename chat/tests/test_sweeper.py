@@ -116,3 +116,19 @@ async def test_a_reply_counts_as_alive_while_redis_cannot_say(chat_client):
     redis.breaker.reset()
     assert not await shared.is_alive(orphan.pk)
     assert await sweeper.sweep() == 1
+
+
+@pytest.mark.redis
+async def test_a_reply_counts_as_alive_while_a_restarted_redis_lacks_its_mark(chat_client, settings, tmp_path):
+    """Found by resilience/tests/test_faults.py (F1): Redis came back empty, and a resume
+    reaching the other worker before the live reply renewed its mark took it for an
+    orphan and stored it as failed."""
+    from resilience.tools import PrivateRedis
+
+    orphan = await sync_to_async(_orphan)(chat_client.user)
+    with PrivateRedis(tmp_path / "redis.log") as restarted:
+        settings.REDIS_URL = restarted.url()  # this test's event loop gets a client for it
+        assert await shared.is_alive(orphan.pk)
+        assert await shared.store().started_within(shared.MARKS_BACK_WITHIN)
+        assert not await shared.store().started_within(0)
+        assert await sweeper.sweep() == 0
