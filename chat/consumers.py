@@ -29,6 +29,7 @@ from chat.http import Caller
 from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
 from core import metrics, redis
+from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
 from core.parsers import too_deep
@@ -40,7 +41,6 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1013  # the channel layer (Redis) is down: reconnect later, then resume
 
 BURST = 30  # messages a client may send at once
 REFILL_PER_SECOND = 10.0  # sustained messages per second
@@ -60,9 +60,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # channel layer down, finish the handshake and say "try again later" rather
             # than fail it with an HTTP 500.
             logger.warning("websocket refused, channel layer unavailable: %s", exc.__class__.__name__)
-            if await receive() == {"type": "websocket.connect"}:
-                await send({"type": "websocket.accept"})
-                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
+            await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
