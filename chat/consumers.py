@@ -15,6 +15,7 @@ import time
 import weakref
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -265,14 +266,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- outgoing ---------------------------------------------------------------------------
 
     async def dispatch(self, message: dict) -> None:
-        # Channels closes stale database connections before every message, which is a
-        # hop to the sync thread; reply events never touch the database (the handlers
-        # that do go through database_sync_to_async, which closes them itself), and
-        # that hop per batch of tokens cost more than sending the tokens.
-        if message.get("type") == "chat.events":
-            await self.chat_events(message)
-            return
-        await super().dispatch(message)
+        # Channels' dispatch minus its hop to the sync thread to close stale database
+        # connections, paid on every frame and every batch of reply events: every handler
+        # here reaches the database through database_sync_to_async, which gives its
+        # connections back itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def chat_events(self, event: dict) -> None:
         """Reply events from the conversation groups (and replays), each sent once, in order.
