@@ -15,6 +15,7 @@ import time
 import weakref
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -29,6 +30,7 @@ from chat.http import Caller
 from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
 from core import metrics, redis
+from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
 from core.parsers import too_deep
@@ -40,7 +42,6 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1013  # the channel layer (Redis) is down: reconnect later, then resume
 
 BURST = 30  # messages a client may send at once
 REFILL_PER_SECOND = 10.0  # sustained messages per second
@@ -60,9 +61,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # channel layer down, finish the handshake and say "try again later" rather
             # than fail it with an HTTP 500.
             logger.warning("websocket refused, channel layer unavailable: %s", exc.__class__.__name__)
-            if await receive() == {"type": "websocket.connect"}:
-                await send({"type": "websocket.accept"})
-                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
+            await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
@@ -267,14 +266,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- outgoing ---------------------------------------------------------------------------
 
     async def dispatch(self, message: dict) -> None:
-        # Channels closes stale database connections before every message, which is a
-        # hop to the sync thread; reply events never touch the database (the handlers
-        # that do go through database_sync_to_async, which closes them itself), and
-        # that hop per batch of tokens cost more than sending the tokens.
-        if message.get("type") == "chat.events":
-            await self.chat_events(message)
-            return
-        await super().dispatch(message)
+        # Channels' dispatch minus its hop to the sync thread to close stale database
+        # connections, paid on every frame and every batch of reply events: every handler
+        # here reaches the database through database_sync_to_async, which gives its
+        # connections back itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def chat_events(self, event: dict) -> None:
         """Reply events from the conversation groups (and replays), each sent once, in order.

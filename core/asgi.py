@@ -13,6 +13,8 @@ logger = logging.getLogger("agentsflow.errors")
 DRAIN_SECONDS = 5.0  # how long the rest of a refused body is read (and thrown away)
 DRAIN_LIMITS = 16  # ... and how much of it, in multiples of the body limit
 
+CLOSE_TRY_AGAIN = 1013  # WebSocket close code: Redis or PostgreSQL is down, reconnect later
+
 
 class SizedBody:
     """Cap request bodies before Django reads them, and give chunked ones a length.
@@ -125,3 +127,11 @@ class WebSocketSendDeadline:
                     transport.abort()
 
         return await self.app(scope, receive, send_within_deadline)
+
+
+async def accept_and_close(receive, send, code: int) -> None:
+    """Finish a WebSocket handshake only to close the socket with ``code``: a client
+    can act on a close code, while a failed handshake is an HTTP 500."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code})

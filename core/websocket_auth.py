@@ -5,20 +5,28 @@ A key is never read from the query string, since URLs end up in logs. A
 cookie-authenticated handshake must carry an Origin naming one of our hosts
 (otherwise any page could open a socket with the visitor's cookie); a foreign
 Origin is refused whatever the credentials. The consumer closes unauthenticated
-sockets itself, with code 4401, before any model call.
+sockets itself, with code 4401, before any model call. When the database cannot
+say who the caller is (down, its pool exhausted), the socket is accepted and
+closed with 1013 (try again later) instead of failing the handshake with a 500.
 """
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlparse
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator, WebsocketDenier
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
+from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
 from core.authentication import authenticate_key, key_from_headers
+from core.exceptions import database_error_as_api_exception
+
+logger = logging.getLogger("agentsflow.errors")
 
 
 def _allowed_origins() -> list[str]:
@@ -31,7 +39,7 @@ def _allowed_origins() -> list[str]:
 class APIKeyOrSessionAuthMiddleware:
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.session_stack = AuthMiddlewareStack(inner)
+        self.with_session = CookieMiddleware(SessionMiddleware(self._as_caller))
         self.origins = OriginValidator(None, _allowed_origins())
 
     async def __call__(self, scope, receive, send):
@@ -42,10 +50,28 @@ class APIKeyOrSessionAuthMiddleware:
 
         candidate = key_from_headers(headers.get)
         if candidate is not None:
-            result = await database_sync_to_async(authenticate_key)(candidate)
-            user, identity = result if result else (AnonymousUser(), None)
-            return await self.inner({**scope, "user": user, "auth": identity}, receive, send)
+            return await self._as_caller(scope, receive, send, candidate)
 
         if origin is None:
             return await WebsocketDenier()(scope, receive, send)
-        return await self.session_stack({**scope, "auth": None}, receive, send)
+        return await self.with_session(scope, receive, send)
+
+    async def _as_caller(self, scope, receive, send, candidate: str | None = None):
+        """Run the consumer as the API key's owner (the session's user without a key),
+        or close 1013 when the database needed to find them is unavailable."""
+        try:
+            user, identity = await _caller(scope, candidate)
+        except Exception as exc:
+            if database_error_as_api_exception(exc) is None:
+                raise
+            logger.warning("websocket refused, database unavailable: %s", type(exc.__cause__ or exc).__name__)
+            return await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
+        return await self.inner({**scope, "user": user, "auth": identity}, receive, send)
+
+
+async def _caller(scope, candidate: str | None):
+    """(user, key identity): AnonymousUser and None when the credentials are not valid."""
+    if candidate is None:
+        return await get_user(scope), None
+    result = await database_sync_to_async(authenticate_key)(candidate)
+    return result or (AnonymousUser(), None)

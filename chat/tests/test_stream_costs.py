@@ -91,10 +91,11 @@ async def test_a_resumed_socket_gets_plain_events_after_packed_ones(chat_client,
     await ws.disconnect()
 
 
-async def test_reply_events_reach_a_socket_without_a_hop_to_the_sync_thread(chat_client, echo_model, monkeypatch):
+async def test_messages_reach_the_consumer_without_a_hop_to_the_sync_thread(chat_client, echo_model, monkeypatch):
     """Channels closes stale database connections (in the sync thread) before each
-    message it dispatches; the consumer skips that for reply events, which arrive
-    once per batch of tokens and never touch the database."""
+    message it dispatches; the consumer skips that for every message (frames from the
+    client and reply events alike): its handlers' database work gives connections back
+    itself."""
     import channels.consumer
 
     hops = []
@@ -106,12 +107,13 @@ async def test_reply_events_reach_a_socket_without_a_hop_to_the_sync_thread(chat
 
     monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
     ws = await connect(chat_client.key)
-    before = len(hops)
     await ws.send_json_to({"type": "send", "content": "a b c d e f g h", "model": "echo"})
     accepted = await receive(ws)
     events = await until_final(ws, accepted["message_id"])
+    await ws.send_json_to({"type": "subscribe", "conversation_id": accepted["conversation_id"]})
+    assert (await receive(ws))["type"] == "subscribed"
     assert events[-1]["type"] == "done"
-    assert len(hops) - before == 1  # the "send" message itself, none for the reply events
+    assert hops == []  # none for the connect, the frames or the reply events
     await ws.disconnect()
 
 
