@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -244,54 +245,65 @@ def _model_figures(new: dict, old: dict) -> dict:
     return result
 
 
+def _status(value: float | None, meets_target: Callable[[float], bool]) -> str:
+    """idle without a value (no traffic to measure), else ok or warn."""
+    if value is None:
+        return "idle"
+    return "ok" if meets_target(value) else "warn"
+
+
+def _rps_status(rps: float, latency_p95: float | None) -> str:
+    if rps >= TARGETS["requests_per_second"]:
+        return "ok"
+    if latency_p95 is not None and latency_p95 > TARGETS["api_response_ms"]:
+        return "warn"  # slow while below the target rate: no headroom
+    return "idle"  # below the target rate only because traffic is low
+
+
 def target_table(current: dict) -> list[dict]:
     """The guide's target table with live values: ok, warn, or idle (no traffic)."""
     latency_p95 = current["latency_ms"]["p95"]
-
-    def status(value, ok: bool) -> str:
-        return "idle" if value is None else ("ok" if ok else "warn")
-
+    db_query_ms = current["db"]["query_ms_mean"]
     rps = current["requests_per_second"]
-    if rps >= TARGETS["requests_per_second"]:
-        rps_status = "ok"
-    elif latency_p95 is not None and latency_p95 > TARGETS["api_response_ms"]:
-        rps_status = "warn"  # slow while below the target rate: no headroom
-    else:
-        rps_status = "idle"  # below the target rate only because traffic is low
+    error_rate = current["error_rate"]
+    cache_hit_ratio = current["cache_hit_ratio"]
+    memory = current["memory"]["total_bytes"] or None
     rows = [
-        ("API response time (p95)", latency_p95, "ms", f"< {TARGETS['api_response_ms']:.0f} ms", None),
+        (
+            "API response time (p95)",
+            latency_p95,
+            "ms",
+            f"< {TARGETS['api_response_ms']:.0f} ms",
+            _status(latency_p95, lambda v: v < TARGETS["api_response_ms"]),
+        ),
         (
             "Database query time (mean)",
-            current["db"]["query_ms_mean"],
+            db_query_ms,
             "ms",
             f"< {TARGETS['db_query_ms']:.0f} ms",
-            None,
+            _status(db_query_ms, lambda v: v < TARGETS["db_query_ms"]),
         ),
-        ("Requests per second", rps, "req/s", f"{TARGETS['requests_per_second']:.0f}+", rps_status),
-        ("Error rate (5xx)", current["error_rate"], "ratio", f"< {TARGETS['error_rate']:.1%}", None),
-        ("Cache hit ratio", current["cache_hit_ratio"], "ratio", f"> {TARGETS['cache_hit_ratio']:.0%}", None),
-        ("Memory (all workers)", current["memory"]["total_bytes"] or None, "bytes", "< 1 GB", None),
+        ("Requests per second", rps, "req/s", f"{TARGETS['requests_per_second']:.0f}+", _rps_status(rps, latency_p95)),
+        (
+            "Error rate (5xx)",
+            error_rate,
+            "ratio",
+            f"< {TARGETS['error_rate']:.1%}",
+            _status(error_rate, lambda v: v < TARGETS["error_rate"]),
+        ),
+        (
+            "Cache hit ratio",
+            cache_hit_ratio,
+            "ratio",
+            f"> {TARGETS['cache_hit_ratio']:.0%}",
+            _status(cache_hit_ratio, lambda v: v > TARGETS["cache_hit_ratio"]),
+        ),
+        ("Memory (all workers)", memory, "bytes", "< 1 GB", _status(memory, lambda v: v < TARGETS["memory_bytes"])),
     ]
-    checks = [
-        lambda v: v < TARGETS["api_response_ms"],
-        lambda v: v < TARGETS["db_query_ms"],
-        None,
-        lambda v: v < TARGETS["error_rate"],
-        lambda v: v > TARGETS["cache_hit_ratio"],
-        lambda v: v < TARGETS["memory_bytes"],
+    return [
+        {"metric": name, "value": value, "unit": unit, "target": target, "status": status}
+        for name, value, unit, target, status in rows
     ]
-    table = []
-    for (name, value, unit, target, fixed), check in zip(rows, checks, strict=True):
-        table.append(
-            {
-                "metric": name,
-                "value": value,
-                "unit": unit,
-                "target": target,
-                "status": fixed or status(value, value is not None and check(value)),
-            }
-        )
-    return table
 
 
 # --- Stored samples --------------------------------------------------------------------------
