@@ -35,6 +35,24 @@ CHROMIUM_ARGS = [
 ]
 
 
+def watch_page_errors(page) -> list[str]:
+    """A list that collects a Playwright page's console errors and uncaught
+    exceptions as they happen (a test ends with ``assert problems == []``)."""
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return problems
+
+
+def sign_in(page, url: str, email: str, password: str) -> None:
+    """Open ``url`` signed out, which shows the sign-in page first, and sign in there."""
+    page.goto(url)
+    assert "/accounts/login/" in page.url
+    page.fill("#id_username", email)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
