@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import secrets
@@ -65,6 +66,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log_path: Path
+    key: str = ""  # the prepared user's API key, when the server runs on a prepared platform
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -246,6 +248,29 @@ def prepare_platform(env: dict[str, str], *, scopes: str = "chat,conversations:r
     manage("createuser", email, "--password", password, env=env)
     key = manage("issuekey", email, "--scopes", scopes, env=env).strip()
     return Platform(env=env, key=key, email=email, password=password)
+
+
+@contextlib.contextmanager
+def run_platform_on_fake_upstream(
+    name: str, tmp_dir: Path, upstream: str, models: list[dict], *, workers: int = 1, **settings: str
+) -> Iterator[Server]:
+    """A server process on a prepared database of its own (``fresh_database_env``,
+    ``prepare_platform``) whose provider "fake" is the fake upstream at ``upstream``
+    and whose models are ``models``; ``settings`` are added to its environment.
+    The server's ``.key`` is the prepared user's key; its log is ``tmp_dir/server.log``."""
+    env = {
+        **fresh_database_env(name, tmp_dir),
+        "AGENTSFLOW_VAR_DIR": str(tmp_dir),
+        "EXTRA_PROVIDERS": "fake",
+        "FAKE_BASE_URL": upstream,
+        "AGENTSFLOW_MODELS": json.dumps(models),
+        "ACCESS_LOG": "false",
+        **settings,
+    }
+    platform = prepare_platform(env)
+    with run_server(env, workers=workers, log_path=tmp_dir / "server.log") as server:
+        server.key = platform.key
+        yield server
 
 
 # --- The production stack: nginx -> granian WSGI + uvicorn ASGI ------------------------
