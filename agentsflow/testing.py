@@ -215,27 +215,36 @@ def manage(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     return result.stdout
 
 
+def pg_admin_connection(database_url: str, dbname: str = "postgres", **options):
+    """An autocommit psycopg connection to ``database_url``'s server as its user,
+    on ``dbname`` (the maintenance database by default): for creating databases and
+    reading pg_stat_activity. ``options`` go to ``psycopg.connect`` (e.g. connect_timeout)."""
+    import psycopg
+
+    from agentsflow.env import database_from_url
+
+    settings = database_from_url(database_url)
+    return psycopg.connect(
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"] or None,
+        password=settings["PASSWORD"] or None,
+        dbname=dbname,
+        autocommit=True,
+        **options,
+    )
+
+
 def fresh_database_env(name: str, tmp_dir: Path) -> dict[str, str]:
     """Environment for a database of its own: a new PostgreSQL database next to
     DATABASE_URL's when it is set, else a SQLite file in ``tmp_dir``."""
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         return {"SQLITE_PATH": str(tmp_dir / f"{name}.sqlite3")}
-    import psycopg
-
     from agentsflow.env import database_from_url
 
-    settings = database_from_url(database_url)
-    admin = dict(
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-    database = f"{settings['NAME']}_{name}"
-    with psycopg.connect(**admin) as conn:
+    database = f"{database_from_url(database_url)['NAME']}_{name}"
+    with pg_admin_connection(database_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{database}"')
     return {"DATABASE_URL": database_url.rsplit("/", 1)[0] + "/" + database}

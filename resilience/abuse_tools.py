@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from agentsflow.testing import Platform, Server, fresh_database_env, run_server
+from agentsflow.testing import Platform, Server, fresh_database_env, pg_admin_connection, run_server
 
 # --- the API's surface -----------------------------------------------------------------
 
@@ -327,19 +327,7 @@ def rss_bytes(pgid: int) -> int:
 
 def pg_backends(database: str) -> int:
     """Backends connected to ``database`` (pg_stat_activity), as the admin sees them."""
-    import psycopg
-
-    from agentsflow.env import database_from_url
-
-    settings = database_from_url(os.environ["DATABASE_URL"])
-    with psycopg.connect(
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with pg_admin_connection(os.environ["DATABASE_URL"]) as conn:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()
     return int(row[0])
 
