@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -52,6 +53,19 @@ def sign_in(page, url: str, email: str, password: str) -> None:
     page.fill("#id_username", email)
     page.fill("#id_password", password)
     page.click("button[type=submit]")
+
+
+async def stop_running_generations() -> None:
+    """End of an async test: cancel every reply still generating in this process,
+    wait for each one's task (5 s at most), and close the provider's HTTP client."""
+    from chat import streaming
+    from chat.providers.openai import close_http_client
+
+    for generation in list(streaming._running.values()):
+        generation.cancel("test teardown")
+        if generation.task is not None:
+            await asyncio.wait({generation.task}, timeout=5)
+    await close_http_client()
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -24,7 +23,14 @@ from typing import Any
 
 import pytest
 
-from agentsflow.testing import Platform, Server, fresh_database_env, pg_admin_connection, run_server
+from agentsflow.testing import (
+    Platform,
+    Server,
+    fresh_database_env,
+    pg_admin_connection,
+    run_server,
+    stop_running_generations,
+)
 
 # --- the API's surface -----------------------------------------------------------------
 
@@ -392,15 +398,8 @@ def fake_platform(settings, upstream, transactional_db):
 @pytest.fixture
 async def generations_stopped():
     """Async tests end with no generation running and the provider's HTTP client closed."""
-    from chat import streaming
-    from chat.providers.openai import close_http_client
-
     yield
-    for generation in list(streaming._running.values()):
-        generation.cancel("test teardown")
-        if generation.task is not None:
-            await asyncio.wait({generation.task}, timeout=5)
-    await close_http_client()
+    await stop_running_generations()
 
 
 def key_client(plaintext: str):
