@@ -58,6 +58,7 @@ from agentsflow.testing import (
     run_stack,
     stop,
 )
+from bench.machine import cpu_model, memory_kb
 
 RESULTS = BASE_DIR / "bench" / "results"
 LUA = BASE_DIR / "bench" / "wrk" / "report.lua"
@@ -318,14 +319,9 @@ def markdown(summary: dict, meta: dict) -> str:
 
 
 def _machine() -> str:
-    memory = ""
-    with contextlib.suppress(OSError):
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        memory = f", {kb / 1024 / 1024:.0f} GiB"
-    cpu = ""
-    with contextlib.suppress(OSError, AttributeError):
-        cpu = re.search(r"model name\s+: (.*)", Path("/proc/cpuinfo").read_text()).group(1) + ", "
-    return f"{cpu}{os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}"
+    kb, cpu = memory_kb(), cpu_model()
+    memory = f", {kb / 1024 / 1024:.0f} GiB" if kb else ""
+    return f"{cpu + ', ' if cpu else ''}{os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}"
 
 
 def _load() -> str:

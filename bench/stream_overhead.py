@@ -56,6 +56,7 @@ import websockets
 
 from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
 from bench.fake_upstream import run_fake_upstream
+from bench.machine import cpu_model, memory_kb
 
 RESULTS = BASE_DIR / "bench" / "results"
 PATHS = ("v1", "rest-sse", "websocket")
@@ -368,21 +369,10 @@ def _cell_name(target: Target | None, path: str) -> str:
 
 
 def machine_info() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    memory = next(
-        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0"
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_model() or platform.processor(),
         "cores": os.cpu_count(),
-        "memory_gib": round(int(memory) / 2**20, 1),
+        "memory_gib": round(memory_kb() / 2**20, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_start": os.getloadavg(),
