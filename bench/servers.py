@@ -58,6 +58,7 @@ from agentsflow.testing import (
     run_stack,
     stop,
 )
+from bench import procs
 from bench.machine import cpu_model, memory_kb
 
 RESULTS = BASE_DIR / "bench" / "results"
@@ -236,13 +237,7 @@ def wrk(url: str, key: str, *, duration: float, connections: int, threads: int) 
 
 def cpu_seconds(process_groups: set[int]) -> float:
     """User + system CPU time of every live process in these process groups (/proc)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) in process_groups:  # pgrp; utime and stime follow at 11, 12
-                ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return procs.cpu_seconds(procs.in_process_groups(process_groups))
 
 
 def measure(candidate: Candidate, path: str, key: str, database_url: str, name: str, args) -> Run:
