@@ -55,20 +55,11 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _kb(pid: int, file: str, field: str) -> int:
+    """A ``Field:  N kB`` line of /proc/<pid>/<file> (status, smaps_rollup): N, or 0."""
     try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
+        for line in (PROC / str(pid) / file).read_text().splitlines():
             if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -99,8 +90,8 @@ class Memory:
 def memory(pids: list[int]) -> Memory:
     return Memory(
         processes=len(pids),
-        rss_bytes=sum(_status_kb(pid, "VmRSS") for pid in pids) * 1024,
-        pss_bytes=sum(_pss_kb(pid) for pid in pids) * 1024,
+        rss_bytes=sum(_kb(pid, "status", "VmRSS") for pid in pids) * 1024,
+        pss_bytes=sum(_kb(pid, "smaps_rollup", "Pss") for pid in pids) * 1024,
     )
 
 
