@@ -320,13 +320,22 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def production_env(tmp_dir: Path) -> dict[str, str]:
-    """Production settings for a loopback run: plain HTTP, so no SSL redirect."""
+def loopback_production_env(secret_key: str) -> dict[str, str]:
+    """Production settings, as deployed, for a server on loopback: plain HTTP, so no
+    SSL redirect."""
     return {
         "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "stack-" + secrets.token_urlsafe(48),
+        "SECRET_KEY": secret_key,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "false",
+    }
+
+
+def production_env(tmp_dir: Path) -> dict[str, str]:
+    """Production settings for a loopback run (``run_stack``), with its own
+    directories and nginx as the trusted proxy."""
+    return {
+        **loopback_production_env("stack-" + secrets.token_urlsafe(48)),
         "AGENTSFLOW_VAR_DIR": str(tmp_dir / "var"),
         "STATIC_ROOT": str(tmp_dir / "static"),
         "TRUSTED_PROXIES": "127.0.0.1",

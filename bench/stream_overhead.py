@@ -54,7 +54,7 @@ import httpx
 import orjson
 import websockets
 
-from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
+from agentsflow.testing import BASE_DIR, fresh_database_env, loopback_production_env, prepare_platform, run_server
 from bench.fake_upstream import run_fake_upstream
 from bench.machine import cpu_model, memory_kb
 
@@ -264,11 +264,7 @@ def production_env(tmp: Path, setup: str) -> dict[str, str]:
     SQLite + memory (``embedded``) or a fresh PostgreSQL database + Redis (``services``)."""
     env = {
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        # Production settings, as deployed (plain HTTP on loopback, so no SSL redirect).
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "stream-overhead-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("stream-overhead-" + "k" * 60),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "warning",
         # The benchmark sends far more than a user may: lift the limits so they never answer 429.

@@ -27,6 +27,7 @@ from agentsflow.testing import (
     Platform,
     Server,
     fresh_database_env,
+    loopback_production_env,
     pg_admin_connection,
     run_server,
     stop_running_generations,
@@ -252,10 +253,7 @@ def production_env(tmp: Path, name: str, **extra: str) -> dict[str, str]:
     return {
         **fresh_database_env(name, tmp),
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "abuse-suite-" + "s" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("abuse-suite-" + "s" * 60),
         "LOCAL_MODEL_THREADS": "1",
         **extra,
     }

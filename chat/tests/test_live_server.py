@@ -15,7 +15,7 @@ import orjson
 import pytest
 import websockets
 
-from agentsflow.testing import run_platform_on_fake_upstream
+from agentsflow.testing import loopback_production_env, run_platform_on_fake_upstream
 
 pytestmark = pytest.mark.server
 
@@ -34,13 +34,7 @@ MODELS = [
 @pytest.fixture(scope="module")
 def live(upstream, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
-    production = {  # as deployed (HTTP on loopback, so no SSL redirect)
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "live-test-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
-        "LOCAL_MODEL_THREADS": "1",
-    }
+    production = {**loopback_production_env("live-test-" + "k" * 60), "LOCAL_MODEL_THREADS": "1"}
     workers = 2 if os.environ.get("REDIS_URL") else 1
     with run_platform_on_fake_upstream("live", tmp, upstream, MODELS, workers=workers, **production) as server:
         yield server

@@ -31,7 +31,14 @@ import pytest
 import websockets
 
 from agentsflow.env import database_from_url
-from agentsflow.testing import Server, fresh_database_env, manage, prepare_platform, run_server
+from agentsflow.testing import (
+    Server,
+    fresh_database_env,
+    loopback_production_env,
+    manage,
+    prepare_platform,
+    run_server,
+)
 from bench.fake_upstream import run_fake_upstream
 from resilience.tools import (
     FaultProxy,
@@ -142,10 +149,7 @@ def platform(name: str, tmp: Path, upstream: str, **settings: str) -> Iterator[S
         "AGENTSFLOW_MODELS": json.dumps(MODELS),
         "PROVIDER_RETRIES": "0",
         "ACCESS_LOG": "false",
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "faults-test-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("faults-test-" + "k" * 60),
         "LOG_LEVEL": "warning",
         # Small pools: the PostgreSQL on this machine is shared (max_connections 100).
         "DB_POOL_MIN_SIZE": "1",
