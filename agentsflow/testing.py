@@ -171,13 +171,15 @@ def run_server(
         )
     server = Server(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
     try:
-        _wait_until_up(server, ready_path, timeout)
+        wait_until_up(server, ready_path, timeout)
         yield server
     finally:
         stop(process)
 
 
-def _wait_until_up(server: Server, path: str, timeout: float) -> None:
+def wait_until_up(server: Server, path: str, timeout: float) -> None:
+    """Wait until ``server`` answers ``path`` without an HTTP error; raise, with the
+    tail of its log, if it exits first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -449,5 +451,5 @@ def run_stack(
                 continue
             log_name = "nginx_error" if name == "nginx" else name
             server = Server(url=url, port=0, process=processes[name], log_path=logs[log_name])
-            _wait_until_up(server, "/health", timeout)
+            wait_until_up(server, "/health", timeout)
         yield stack

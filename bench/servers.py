@@ -48,7 +48,6 @@ from pathlib import Path
 from agentsflow.testing import (
     BASE_DIR,
     Server,
-    _wait_until_up,
     free_port,
     fresh_database_env,
     manage,
@@ -57,6 +56,7 @@ from agentsflow.testing import (
     run_server,
     run_stack,
     stop,
+    wait_until_up,
 )
 from bench import procs
 from bench.machine import cpu_model, memory_kb
@@ -110,7 +110,7 @@ def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> 
             start_new_session=True,
         )
     try:
-        _wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
+        wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
         yield Candidate(f"http://127.0.0.1:{port}", {process.pid})
     finally:
         stop(process)
