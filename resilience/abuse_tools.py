@@ -32,6 +32,7 @@ from agentsflow.testing import (
     run_server,
     stop_running_generations,
 )
+from bench import procs
 
 # --- the API's surface -----------------------------------------------------------------
 
@@ -304,29 +305,10 @@ def serve(
 # --- measurements ------------------------------------------------------------------------------
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Processes in a process group (a server started by run_server leads its own)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
-
-
 def rss_bytes(pgid: int) -> int:
-    """Resident memory of every process in the group, added up."""
-    total = 0
-    for pid in group_pids(pgid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    """Resident memory of every process in the group (a server started by run_server
+    leads its own), added up."""
+    return procs.memory(procs.in_process_groups({pgid})).rss_bytes
 
 
 def pg_backends(database: str) -> int:
@@ -340,7 +322,7 @@ def connections_to(pgid: int, remote_port: int) -> int:
     """Open TCP connections from the processes of a group to ``remote_port`` (6379 for
     Redis): what the server holds, whoever else shares that Redis."""
     inodes = set()
-    for pid in group_pids(pgid):
+    for pid in procs.in_process_groups({pgid}):
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
