@@ -160,15 +160,7 @@ def run_server(
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
     full_env["DJANGO_SETTINGS_MODULE"] = "agentsflow.settings"
     log_path = log_path or Path(tempfile.gettempdir()) / f"agentsflow-server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            server_command(kind, port, workers),
-            cwd=cwd,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process(server_command(kind, port, workers), env=full_env, log_path=log_path, cwd=cwd)
     server = Server(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
     try:
         wait_until_up(server, ready_path, timeout)
@@ -190,6 +182,15 @@ def wait_until_up(server: Server, path: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server not up after {timeout}s:\n{server.log()[-3000:]}")
+
+
+def start_process(
+    command: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = BASE_DIR, append: bool = False
+) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (so ``stop`` ends it and every process
+    it forks), its output and errors written to ``log_path`` (added to with ``append``)."""
+    with open(log_path, "ab" if append else "wb") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -430,10 +431,7 @@ def run_stack(
         processes: dict[str, subprocess.Popen] = {}
         for name, command in commands.items():
             log_path = logs["nginx_error" if name == "nginx" else name]
-            with open(log_path, "ab") as log:
-                processes[name] = subprocess.Popen(
-                    command, cwd=BASE_DIR, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            processes[name] = start_process(command, env=full_env, log_path=log_path, append=True)
             cleanup.callback(stop, processes[name])  # stopped in reverse: nginx first
 
         stack = Stack(

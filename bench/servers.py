@@ -55,6 +55,7 @@ from agentsflow.testing import (
     production_env,
     run_server,
     run_stack,
+    start_process,
     stop,
     wait_until_up,
 )
@@ -100,15 +101,7 @@ def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> 
     """One of ops/run-*.sh on its own, on a free port."""
     port = free_port()
     full_env = {**os.environ, **env, port_var: str(port), "VENV": str(Path(sys.executable).parent.parent)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(BASE_DIR / "ops" / script)],
-            cwd=BASE_DIR,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process([str(BASE_DIR / "ops" / script)], env=full_env, log_path=log_path, append=True)
     try:
         wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
         yield Candidate(f"http://127.0.0.1:{port}", {process.pid})
