@@ -1,4 +1,6 @@
-"""Helpers for tests and benchmarks that need a real server process."""
+"""Helpers for tests and benchmarks: real server processes (with the databases and
+settings they run on) and the production stack, plus what the browser tests and
+the async tests' teardown share."""
 
 from __future__ import annotations
 
