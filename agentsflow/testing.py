@@ -1,8 +1,12 @@
-"""Helpers for tests and benchmarks that need a real server process."""
+"""Helpers for tests and benchmarks: real server processes (with the databases and
+settings they run on) and the production stack, plus what the browser tests and
+the async tests' teardown share."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import resource
 import secrets
@@ -35,6 +39,37 @@ CHROMIUM_ARGS = [
 ]
 
 
+def watch_page_errors(page) -> list[str]:
+    """A list that collects a Playwright page's console errors and uncaught
+    exceptions as they happen (a test ends with ``assert problems == []``)."""
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    return problems
+
+
+def sign_in(page, url: str, email: str, password: str) -> None:
+    """Open ``url`` signed out, which shows the sign-in page first, and sign in there."""
+    page.goto(url)
+    assert "/accounts/login/" in page.url
+    page.fill("#id_username", email)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+
+
+async def stop_running_generations() -> None:
+    """End of an async test: cancel every reply still generating in this process,
+    wait for each one's task (5 s at most), and close the provider's HTTP client."""
+    from chat import streaming
+    from chat.providers.openai import close_http_client
+
+    for generation in list(streaming._running.values()):
+        generation.cancel("test teardown")
+        if generation.task is not None:
+            await asyncio.wait({generation.task}, timeout=5)
+    await close_http_client()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -47,6 +82,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log_path: Path
+    key: str = ""  # the prepared user's API key, when the server runs on a prepared platform
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -126,24 +162,18 @@ def run_server(
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
     full_env["DJANGO_SETTINGS_MODULE"] = "agentsflow.settings"
     log_path = log_path or Path(tempfile.gettempdir()) / f"agentsflow-server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            server_command(kind, port, workers),
-            cwd=cwd,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process(server_command(kind, port, workers), env=full_env, log_path=log_path, cwd=cwd)
     server = Server(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
     try:
-        _wait_until_up(server, ready_path, timeout)
+        wait_until_up(server, ready_path, timeout)
         yield server
     finally:
         stop(process)
 
 
-def _wait_until_up(server: Server, path: str, timeout: float) -> None:
+def wait_until_up(server: Server, path: str, timeout: float) -> None:
+    """Wait until ``server`` answers ``path`` without an HTTP error; raise, with the
+    tail of its log, if it exits first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -154,6 +184,15 @@ def _wait_until_up(server: Server, path: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server not up after {timeout}s:\n{server.log()[-3000:]}")
+
+
+def start_process(
+    command: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = BASE_DIR, append: bool = False
+) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (so ``stop`` ends it and every process
+    it forks), its output and errors written to ``log_path`` (added to with ``append``)."""
+    with open(log_path, "ab" if append else "wb") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -195,27 +234,36 @@ def manage(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     return result.stdout
 
 
+def pg_admin_connection(database_url: str, dbname: str = "postgres", **options):
+    """An autocommit psycopg connection to ``database_url``'s server as its user,
+    on ``dbname`` (the maintenance database by default): for creating databases and
+    reading pg_stat_activity. ``options`` go to ``psycopg.connect`` (e.g. connect_timeout)."""
+    import psycopg
+
+    from agentsflow.env import database_from_url
+
+    settings = database_from_url(database_url)
+    return psycopg.connect(
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"] or None,
+        password=settings["PASSWORD"] or None,
+        dbname=dbname,
+        autocommit=True,
+        **options,
+    )
+
+
 def fresh_database_env(name: str, tmp_dir: Path) -> dict[str, str]:
     """Environment for a database of its own: a new PostgreSQL database next to
     DATABASE_URL's when it is set, else a SQLite file in ``tmp_dir``."""
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         return {"SQLITE_PATH": str(tmp_dir / f"{name}.sqlite3")}
-    import psycopg
-
     from agentsflow.env import database_from_url
 
-    settings = database_from_url(database_url)
-    admin = dict(
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-    database = f"{settings['NAME']}_{name}"
-    with psycopg.connect(**admin) as conn:
+    database = f"{database_from_url(database_url)['NAME']}_{name}"
+    with pg_admin_connection(database_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{database}"')
     return {"DATABASE_URL": database_url.rsplit("/", 1)[0] + "/" + database}
@@ -228,6 +276,29 @@ def prepare_platform(env: dict[str, str], *, scopes: str = "chat,conversations:r
     manage("createuser", email, "--password", password, env=env)
     key = manage("issuekey", email, "--scopes", scopes, env=env).strip()
     return Platform(env=env, key=key, email=email, password=password)
+
+
+@contextlib.contextmanager
+def run_platform_on_fake_upstream(
+    name: str, tmp_dir: Path, upstream: str, models: list[dict], *, workers: int = 1, **settings: str
+) -> Iterator[Server]:
+    """A server process on a prepared database of its own (``fresh_database_env``,
+    ``prepare_platform``) whose provider "fake" is the fake upstream at ``upstream``
+    and whose models are ``models``; ``settings`` are added to its environment.
+    The server's ``.key`` is the prepared user's key; its log is ``tmp_dir/server.log``."""
+    env = {
+        **fresh_database_env(name, tmp_dir),
+        "AGENTSFLOW_VAR_DIR": str(tmp_dir),
+        "EXTRA_PROVIDERS": "fake",
+        "FAKE_BASE_URL": upstream,
+        "AGENTSFLOW_MODELS": json.dumps(models),
+        "ACCESS_LOG": "false",
+        **settings,
+    }
+    platform = prepare_platform(env)
+    with run_server(env, workers=workers, log_path=tmp_dir / "server.log") as server:
+        server.key = platform.key
+        yield server
 
 
 # --- The production stack: nginx -> granian WSGI + uvicorn ASGI ------------------------
@@ -254,13 +325,22 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def production_env(tmp_dir: Path) -> dict[str, str]:
-    """Production settings for a loopback run: plain HTTP, so no SSL redirect."""
+def loopback_production_env(secret_key: str) -> dict[str, str]:
+    """Production settings, as deployed, for a server on loopback: plain HTTP, so no
+    SSL redirect."""
     return {
         "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "stack-" + secrets.token_urlsafe(48),
+        "SECRET_KEY": secret_key,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "false",
+    }
+
+
+def production_env(tmp_dir: Path) -> dict[str, str]:
+    """Production settings for a loopback run (``run_stack``), with its own
+    directories and nginx as the trusted proxy."""
+    return {
+        **loopback_production_env("stack-" + secrets.token_urlsafe(48)),
         "AGENTSFLOW_VAR_DIR": str(tmp_dir / "var"),
         "STATIC_ROOT": str(tmp_dir / "static"),
         "TRUSTED_PROXIES": "127.0.0.1",
@@ -353,10 +433,7 @@ def run_stack(
         processes: dict[str, subprocess.Popen] = {}
         for name, command in commands.items():
             log_path = logs["nginx_error" if name == "nginx" else name]
-            with open(log_path, "ab") as log:
-                processes[name] = subprocess.Popen(
-                    command, cwd=BASE_DIR, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            processes[name] = start_process(command, env=full_env, log_path=log_path, append=True)
             cleanup.callback(stop, processes[name])  # stopped in reverse: nginx first
 
         stack = Stack(
@@ -374,5 +451,5 @@ def run_stack(
                 continue
             log_name = "nginx_error" if name == "nginx" else name
             server = Server(url=url, port=0, process=processes[name], log_path=logs[log_name])
-            _wait_until_up(server, "/health", timeout)
+            wait_until_up(server, "/health", timeout)
         yield stack

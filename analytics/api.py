@@ -64,8 +64,7 @@ class SummaryView(APIView):
     def get(self, request):
         query = request.query_params
         scope = params.scope(request)
-        granularity = params.granularity(query)
-        start, end = params.date_range(query, granularity)
+        granularity, start, end = params.bucketed_range(query)
         return Response(selectors.usage_summary(scope, start, end, granularity=granularity))
 
 
@@ -91,8 +90,7 @@ class TimeseriesView(APIView):
         scope = params.scope(request)
         metric = params.choice(query, "metric", selectors.METRICS, "requests")
         model = params.model_name(query)
-        granularity = params.granularity(query)
-        start, end = params.date_range(query, granularity)
+        granularity, start, end = params.bucketed_range(query)
         return Response(selectors.usage_timeseries(scope, metric, granularity, start, end, model=model))
 
 
@@ -120,8 +118,7 @@ class BreakdownView(APIView):
         by = params.choice(query, "by", selectors.BREAKDOWNS, "model")
         order = params.choice(query, "order", selectors.COUNT_METRICS, "requests")
         limit = params.limit(query)
-        granularity = params.granularity(query)
-        start, end = params.date_range(query, granularity)
+        granularity, start, end = params.bucketed_range(query)
         return Response(selectors.usage_breakdown(scope, by, start, end, limit, granularity=granularity, order=order))
 
 
@@ -191,8 +188,7 @@ class ExportView(APIView):
         scope = params.scope(request)
         kind = params.choice(query, "format", EXPORT_FORMATS, "csv")
         by = params.choice(query, "by", selectors.BREAKDOWNS, None)
-        granularity = params.granularity(query)
-        start, end = params.date_range(query, granularity, max_days=settings.ANALYTICS_MAX_EXPORT_DAYS)
+        granularity, start, end = params.bucketed_range(query, max_days=settings.ANALYTICS_MAX_EXPORT_DAYS)
         rows = selectors.usage_export_rows(scope, granularity, start, end, by=by)
         if kind == "csv":
             body, content_type = export_csv(rows), "text/csv; charset=utf-8"

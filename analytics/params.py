@@ -79,6 +79,13 @@ def date_range(params, granularity: Granularity, *, max_days: int | None = None)
     return start, end
 
 
+def bucketed_range(params, *, max_days: int | None = None) -> tuple[Granularity, datetime, datetime]:
+    """``?granularity=`` (default day), then the ``from``/``to`` range aligned to its buckets."""
+    chosen = granularity(params)
+    start, end = date_range(params, chosen, max_days=max_days)
+    return chosen, start, end
+
+
 def model_name(params) -> str | None:
     """``?model=``: a model's name (any name: a model that no longer exists still has history)."""
     raw = params.get("model")

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from agentsflow.testing import fresh_database_env, manage, run_server
+from agentsflow.testing import fresh_database_env, loopback_production_env, manage, run_server
 from core import keys
 
 USERS = 50
@@ -281,10 +281,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="analytics-scale-"))
     env_base = {
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "analytics-scale-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("analytics-scale-" + "k" * 60),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "warning",
         "REDIS_URL": "",  # each server caches in its own memory: no shared keys between the two databases

@@ -31,6 +31,16 @@ def _run(*command: str) -> str:
     return (result.stdout or result.stderr).strip()
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
+    return _first("/proc/cpuinfo", "model name")
+
+
+def memory_kb() -> int:
+    """Total memory in KiB from /proc/meminfo (0 where there is none)."""
+    return int((_first("/proc/meminfo", "MemTotal") or "0 kB").split()[0])
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -41,7 +51,6 @@ def describe(database_url: str, redis_url: str) -> dict:
 
     from bench.seed import _conninfo
 
-    memory_kb = int((_first("/proc/meminfo", "MemTotal") or "0 kB").split()[0])
     with psycopg.connect(_conninfo(database_url)) as conn:
         postgres = conn.execute("SHOW server_version").fetchone()[0]
     redis_version = redis.Redis.from_url(redis_url).info("server").get("redis_version")
@@ -52,8 +61,8 @@ def describe(database_url: str, redis_url: str) -> dict:
         "git_sha": sha + ("+dirty" if dirty else ""),
         "git_branch": _run("git", "rev-parse", "--abbrev-ref", "HEAD"),
         "nproc": os.cpu_count(),
-        "memory_gb": round(memory_kb / 2**20, 1),
-        "cpu_model": _first("/proc/cpuinfo", "model name") or platform.processor(),
+        "memory_gb": round(memory_kb() / 2**20, 1),
+        "cpu_model": cpu_model() or platform.processor(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "postgres": postgres,

@@ -83,13 +83,6 @@ class Platform:
                 with open(path, errors="replace") as source, open(directory / f"{name}.log", "w") as target:
                     target.writelines(line for line in source if '"logger":"agentsflow.access"' not in line)
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return "\n".join(
-            f"--- {name} ---\n{path.read_text(errors='replace')[-chars:]}"
-            for name, path in self.logs.items()
-            if path.exists()
-        )
-
 
 def stack_available() -> bool:
     return hasattr(testing, "run_stack") and not getattr(testing, "NGINX_MISSING", True)

@@ -10,19 +10,37 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, which may contain
+    spaces: [1] ppid, [2] process group, [11] utime, [12] stime. None once it exited."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _live_pids() -> list[int]:
+    return [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) may contain spaces; fields after its ")" are fixed.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    for pid in _live_pids():
+        fields = _stat_fields(pid)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(pid)
     return children
+
+
+def in_process_groups(pgids: set[int]) -> list[int]:
+    """Every live process whose process group is one of ``pgids`` (a server started
+    in a session of its own leads a group that its workers share)."""
+    found = []
+    for pid in _live_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and int(fields[2]) in pgids:
+            found.append(pid)
+    return found
 
 
 def tree(pid: int) -> list[int]:
@@ -37,20 +55,11 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _kb(pid: int, file: str, field: str) -> int:
+    """A ``Field:  N kB`` line of /proc/<pid>/<file> (status, smaps_rollup): N, or 0."""
     try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
+        for line in (PROC / str(pid) / file).read_text().splitlines():
             if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -81,8 +90,8 @@ class Memory:
 def memory(pids: list[int]) -> Memory:
     return Memory(
         processes=len(pids),
-        rss_bytes=sum(_status_kb(pid, "VmRSS") for pid in pids) * 1024,
-        pss_bytes=sum(_pss_kb(pid) for pid in pids) * 1024,
+        rss_bytes=sum(_kb(pid, "status", "VmRSS") for pid in pids) * 1024,
+        pss_bytes=sum(_kb(pid, "smaps_rollup", "Pss") for pid in pids) * 1024,
     )
 
 
@@ -102,9 +111,7 @@ def cpu_seconds(pids: list[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
-        try:
-            fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
     return total / ticks

@@ -44,6 +44,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from agentsflow.testing import loopback_production_env
 from bench import http_figures, procs, report, ws
 from bench import profile as profiler
 from bench.seed import FULL, QUICK, TINY, SeedSize, heavy_users
@@ -106,11 +107,8 @@ def platform_env(database_url: str, redis_url: str, upstream: str, plan: Plan, v
         },
     ]
     return {
-        "AGENTSFLOW_ENV": "production",
+        **loopback_production_env("bench-" + secrets.token_urlsafe(48)),
         "DEBUG": "false",
-        "SECRET_KEY": "bench-" + secrets.token_urlsafe(48),
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "AGENTSFLOW_VAR_DIR": str(var_dir),

@@ -48,7 +48,6 @@ from pathlib import Path
 from agentsflow.testing import (
     BASE_DIR,
     Server,
-    _wait_until_up,
     free_port,
     fresh_database_env,
     manage,
@@ -56,8 +55,12 @@ from agentsflow.testing import (
     production_env,
     run_server,
     run_stack,
+    start_process,
     stop,
+    wait_until_up,
 )
+from bench import procs
+from bench.machine import cpu_model, memory_kb
 
 RESULTS = BASE_DIR / "bench" / "results"
 LUA = BASE_DIR / "bench" / "wrk" / "report.lua"
@@ -98,17 +101,9 @@ def _script(script: str, env: dict[str, str], port_var: str, log_path: Path) -> 
     """One of ops/run-*.sh on its own, on a free port."""
     port = free_port()
     full_env = {**os.environ, **env, port_var: str(port), "VENV": str(Path(sys.executable).parent.parent)}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [str(BASE_DIR / "ops" / script)],
-            cwd=BASE_DIR,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process([str(BASE_DIR / "ops" / script)], env=full_env, log_path=log_path, append=True)
     try:
-        _wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
+        wait_until_up(Server(f"http://127.0.0.1:{port}", port, process, log_path), "/health", 60)
         yield Candidate(f"http://127.0.0.1:{port}", {process.pid})
     finally:
         stop(process)
@@ -235,13 +230,7 @@ def wrk(url: str, key: str, *, duration: float, connections: int, threads: int) 
 
 def cpu_seconds(process_groups: set[int]) -> float:
     """User + system CPU time of every live process in these process groups (/proc)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) in process_groups:  # pgrp; utime and stime follow at 11, 12
-                ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return procs.cpu_seconds(procs.in_process_groups(process_groups))
 
 
 def measure(candidate: Candidate, path: str, key: str, database_url: str, name: str, args) -> Run:
@@ -318,14 +307,9 @@ def markdown(summary: dict, meta: dict) -> str:
 
 
 def _machine() -> str:
-    memory = ""
-    with contextlib.suppress(OSError):
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        memory = f", {kb / 1024 / 1024:.0f} GiB"
-    cpu = ""
-    with contextlib.suppress(OSError, AttributeError):
-        cpu = re.search(r"model name\s+: (.*)", Path("/proc/cpuinfo").read_text()).group(1) + ", "
-    return f"{cpu}{os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}"
+    kb, cpu = memory_kb(), cpu_model()
+    memory = f", {kb / 1024 / 1024:.0f} GiB" if kb else ""
+    return f"{cpu + ', ' if cpu else ''}{os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}"
 
 
 def _load() -> str:

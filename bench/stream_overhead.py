@@ -54,8 +54,9 @@ import httpx
 import orjson
 import websockets
 
-from agentsflow.testing import BASE_DIR, fresh_database_env, prepare_platform, run_server
+from agentsflow.testing import BASE_DIR, fresh_database_env, loopback_production_env, prepare_platform, run_server
 from bench.fake_upstream import run_fake_upstream
+from bench.machine import cpu_model, memory_kb
 
 RESULTS = BASE_DIR / "bench" / "results"
 PATHS = ("v1", "rest-sse", "websocket")
@@ -263,11 +264,7 @@ def production_env(tmp: Path, setup: str) -> dict[str, str]:
     SQLite + memory (``embedded``) or a fresh PostgreSQL database + Redis (``services``)."""
     env = {
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        # Production settings, as deployed (plain HTTP on loopback, so no SSL redirect).
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "stream-overhead-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("stream-overhead-" + "k" * 60),
         "ACCESS_LOG": "false",
         "LOG_LEVEL": "warning",
         # The benchmark sends far more than a user may: lift the limits so they never answer 429.
@@ -368,21 +365,10 @@ def _cell_name(target: Target | None, path: str) -> str:
 
 
 def machine_info() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    memory = next(
-        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0"
-    )
     return {
-        "cpu": cpu,
+        "cpu": cpu_model() or platform.processor(),
         "cores": os.cpu_count(),
-        "memory_gib": round(int(memory) / 2**20, 1),
+        "memory_gib": round(memory_kb() / 2**20, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_start": os.getloadavg(),

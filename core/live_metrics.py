@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -58,28 +58,33 @@ def _add_bucket(histogram: dict, bounds, sample) -> None:
     histogram["buckets"][index] += sample.value
 
 
-def take_snapshot() -> dict:
-    """Every figure the dashboard needs, cumulative since the workers started."""
-    snap = {
-        "at": time.time(),
-        "requests": defaultdict(float),  # by status class
+def empty_snapshot(at: float) -> dict:
+    """A snapshot with nothing counted yet, taken at ``at`` (a Unix time)."""
+    return {
+        "at": at,
+        "requests": {},  # by status class
         "latency": _new_histogram(metrics.LATENCY_BUCKETS),
         "db_time": _new_histogram(metrics.LATENCY_BUCKETS),
         "queries": 0.0,
         "slow_queries": 0.0,
-        "cache": defaultdict(lambda: {"hit": 0.0, "miss": 0.0}),
+        "cache": {},  # by key family: {"hit": …, "miss": …}
         "websockets": 0.0,
-        "ttft": defaultdict(lambda: _new_histogram(metrics.TTFT_BUCKETS)),
-        "tps": defaultdict(lambda: _new_histogram(metrics.TPS_BUCKETS)),
-        "rate_limited": defaultdict(float),
-        "memory": {},
+        "ttft": {},  # by model
+        "tps": {},  # by model
+        "rate_limited": {},  # by tier
+        "memory": {},  # by pid
     }
+
+
+def take_snapshot() -> dict:
+    """Every figure the dashboard needs, cumulative since the workers started."""
+    snap = empty_snapshot(time.time())
     for family in _collect():
         for sample in family.samples:
             _absorb(snap, family.name, sample)
     for histogram in (snap["latency"], snap["db_time"], *snap["ttft"].values(), *snap["tps"].values()):
         _decumulate(histogram)
-    return _plain(snap)
+    return snap
 
 
 def _decumulate(histogram: dict) -> None:
@@ -88,55 +93,53 @@ def _decumulate(histogram: dict) -> None:
     histogram["buckets"] = [count - (cumulative[i - 1] if i else 0.0) for i, count in enumerate(cumulative)]
 
 
+# Histogram families: snapshot key, bucket bounds, and the label that keeps one
+# histogram per value (None: one histogram for the whole platform).
+_HISTOGRAMS = {
+    "agentsflow_request_duration_seconds": ("latency", metrics.LATENCY_BUCKETS, None),
+    "agentsflow_request_db_seconds": ("db_time", metrics.LATENCY_BUCKETS, None),
+    "agentsflow_ttft_seconds": ("ttft", metrics.TTFT_BUCKETS, "model"),
+    "agentsflow_tokens_per_second": ("tps", metrics.TPS_BUCKETS, "model"),
+}
+# Counter families summed into one figure: snapshot key.
+_COUNTERS = {
+    "agentsflow_db_queries": "queries",
+    "agentsflow_slow_queries": "slow_queries",
+}
+
+
 def _absorb(snap: dict, family: str, sample) -> None:
     name, labels, value = sample.name, sample.labels, sample.value
-    if family == "agentsflow_request_duration_seconds":
-        if name.endswith("_bucket"):
-            _add_bucket(snap["latency"], metrics.LATENCY_BUCKETS, sample)
-        elif name.endswith("_sum"):
-            snap["latency"]["sum"] += value
-        elif name.endswith("_count"):
-            snap["latency"]["count"] += value
-            snap["requests"][labels["status_class"]] += value
-    elif family == "agentsflow_request_db_seconds":
-        if name.endswith("_bucket"):
-            _add_bucket(snap["db_time"], metrics.LATENCY_BUCKETS, sample)
-        elif name.endswith("_sum"):
-            snap["db_time"]["sum"] += value
-        elif name.endswith("_count"):
-            snap["db_time"]["count"] += value
-    elif family == "agentsflow_db_queries" and name.endswith("_total"):
-        snap["queries"] += value
-    elif family == "agentsflow_slow_queries" and name.endswith("_total"):
-        snap["slow_queries"] += value
+    if family in _HISTOGRAMS:
+        _absorb_histogram(snap, family, sample)
+        if family == "agentsflow_request_duration_seconds" and name.endswith("_count"):
+            requests = snap["requests"]
+            requests[labels["status_class"]] = requests.get(labels["status_class"], 0.0) + value
+    elif family in _COUNTERS and name.endswith("_total"):
+        snap[_COUNTERS[family]] += value
     elif family == "agentsflow_cache_requests" and name.endswith("_total"):
         outcome = labels["outcome"]
         if outcome in ("hit_local", "hit_shared", "miss"):
-            snap["cache"][labels["family"]]["miss" if outcome == "miss" else "hit"] += value
+            counts = snap["cache"].setdefault(labels["family"], {"hit": 0.0, "miss": 0.0})
+            counts["miss" if outcome == "miss" else "hit"] += value
     elif family == "agentsflow_websocket_connections":
         snap["websockets"] += value
-    elif family in ("agentsflow_ttft_seconds", "agentsflow_tokens_per_second"):
-        key, bounds = (
-            ("ttft", metrics.TTFT_BUCKETS) if family == "agentsflow_ttft_seconds" else ("tps", metrics.TPS_BUCKETS)
-        )
-        histogram = snap[key][labels["model"]]
-        if name.endswith("_bucket"):
-            _add_bucket(histogram, bounds, sample)
-        elif name.endswith("_sum"):
-            histogram["sum"] += value
-        elif name.endswith("_count"):
-            histogram["count"] += value
     elif family == "agentsflow_ratelimit_rejections" and name.endswith("_total"):
-        snap["rate_limited"][labels["tier"]] += value
+        snap["rate_limited"][labels["tier"]] = snap["rate_limited"].get(labels["tier"], 0.0) + value
     elif family == "agentsflow_process_resident_memory_bytes" and value > 0:
         snap["memory"][labels["pid"]] = value
 
 
-def _plain(value):
-    """defaultdicts → dicts, so a snapshot is plain JSON."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
+def _absorb_histogram(snap: dict, family: str, sample) -> None:
+    """Add one ``_bucket``, ``_sum`` or ``_count`` sample to its histogram."""
+    key, bounds, split_by = _HISTOGRAMS[family]
+    histogram = snap[key] if split_by is None else snap[key].setdefault(sample.labels[split_by], _new_histogram(bounds))
+    if sample.name.endswith("_bucket"):
+        _add_bucket(histogram, bounds, sample)
+    elif sample.name.endswith("_sum"):
+        histogram["sum"] += sample.value
+    elif sample.name.endswith("_count"):
+        histogram["count"] += sample.value
 
 
 # --- Figures between two snapshots ----------------------------------------------------------
@@ -242,54 +245,65 @@ def _model_figures(new: dict, old: dict) -> dict:
     return result
 
 
+def _status(value: float | None, meets_target: Callable[[float], bool]) -> str:
+    """idle without a value (no traffic to measure), else ok or warn."""
+    if value is None:
+        return "idle"
+    return "ok" if meets_target(value) else "warn"
+
+
+def _rps_status(rps: float, latency_p95: float | None) -> str:
+    if rps >= TARGETS["requests_per_second"]:
+        return "ok"
+    if latency_p95 is not None and latency_p95 > TARGETS["api_response_ms"]:
+        return "warn"  # slow while below the target rate: no headroom
+    return "idle"  # below the target rate only because traffic is low
+
+
 def target_table(current: dict) -> list[dict]:
     """The guide's target table with live values: ok, warn, or idle (no traffic)."""
     latency_p95 = current["latency_ms"]["p95"]
-
-    def status(value, ok: bool) -> str:
-        return "idle" if value is None else ("ok" if ok else "warn")
-
+    db_query_ms = current["db"]["query_ms_mean"]
     rps = current["requests_per_second"]
-    if rps >= TARGETS["requests_per_second"]:
-        rps_status = "ok"
-    elif latency_p95 is not None and latency_p95 > TARGETS["api_response_ms"]:
-        rps_status = "warn"  # slow while below the target rate: no headroom
-    else:
-        rps_status = "idle"  # below the target rate only because traffic is low
+    error_rate = current["error_rate"]
+    cache_hit_ratio = current["cache_hit_ratio"]
+    memory = current["memory"]["total_bytes"] or None
     rows = [
-        ("API response time (p95)", latency_p95, "ms", f"< {TARGETS['api_response_ms']:.0f} ms", None),
+        (
+            "API response time (p95)",
+            latency_p95,
+            "ms",
+            f"< {TARGETS['api_response_ms']:.0f} ms",
+            _status(latency_p95, lambda v: v < TARGETS["api_response_ms"]),
+        ),
         (
             "Database query time (mean)",
-            current["db"]["query_ms_mean"],
+            db_query_ms,
             "ms",
             f"< {TARGETS['db_query_ms']:.0f} ms",
-            None,
+            _status(db_query_ms, lambda v: v < TARGETS["db_query_ms"]),
         ),
-        ("Requests per second", rps, "req/s", f"{TARGETS['requests_per_second']:.0f}+", rps_status),
-        ("Error rate (5xx)", current["error_rate"], "ratio", f"< {TARGETS['error_rate']:.1%}", None),
-        ("Cache hit ratio", current["cache_hit_ratio"], "ratio", f"> {TARGETS['cache_hit_ratio']:.0%}", None),
-        ("Memory (all workers)", current["memory"]["total_bytes"] or None, "bytes", "< 1 GB", None),
+        ("Requests per second", rps, "req/s", f"{TARGETS['requests_per_second']:.0f}+", _rps_status(rps, latency_p95)),
+        (
+            "Error rate (5xx)",
+            error_rate,
+            "ratio",
+            f"< {TARGETS['error_rate']:.1%}",
+            _status(error_rate, lambda v: v < TARGETS["error_rate"]),
+        ),
+        (
+            "Cache hit ratio",
+            cache_hit_ratio,
+            "ratio",
+            f"> {TARGETS['cache_hit_ratio']:.0%}",
+            _status(cache_hit_ratio, lambda v: v > TARGETS["cache_hit_ratio"]),
+        ),
+        ("Memory (all workers)", memory, "bytes", "< 1 GB", _status(memory, lambda v: v < TARGETS["memory_bytes"])),
     ]
-    checks = [
-        lambda v: v < TARGETS["api_response_ms"],
-        lambda v: v < TARGETS["db_query_ms"],
-        None,
-        lambda v: v < TARGETS["error_rate"],
-        lambda v: v > TARGETS["cache_hit_ratio"],
-        lambda v: v < TARGETS["memory_bytes"],
+    return [
+        {"metric": name, "value": value, "unit": unit, "target": target, "status": status}
+        for name, value, unit, target, status in rows
     ]
-    table = []
-    for (name, value, unit, target, fixed), check in zip(rows, checks, strict=True):
-        table.append(
-            {
-                "metric": name,
-                "value": value,
-                "unit": unit,
-                "target": target,
-                "status": fixed or status(value, value is not None and check(value)),
-            }
-        )
-    return table
 
 
 # --- Stored samples --------------------------------------------------------------------------
@@ -327,7 +341,7 @@ def live(window_seconds: float = 10.0) -> dict:
         or MetricSample.objects.filter(at__lte=timezone.now() - timedelta(seconds=1)).order_by("at").first()
     )
     if base is None:
-        current = figures(now, _empty_like(now))
+        current = figures(now, empty_snapshot(now["at"] - 1e-6))
         current["window_seconds"] = None
     else:
         current = figures(now, base.data)
@@ -341,23 +355,6 @@ def live(window_seconds: float = 10.0) -> dict:
         "current": current,
         "targets": target_table(current),
         "multiprocess": bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")),
-    }
-
-
-def _empty_like(snapshot: dict) -> dict:
-    return {
-        "at": snapshot["at"] - 1e-6,
-        "requests": {},
-        "latency": _new_histogram(metrics.LATENCY_BUCKETS),
-        "db_time": _new_histogram(metrics.LATENCY_BUCKETS),
-        "queries": 0.0,
-        "slow_queries": 0.0,
-        "cache": {},
-        "websockets": 0.0,
-        "ttft": {},
-        "tps": {},
-        "rate_limited": {},
-        "memory": {},
     }
 
 

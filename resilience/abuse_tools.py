@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -24,7 +23,16 @@ from typing import Any
 
 import pytest
 
-from agentsflow.testing import Platform, Server, fresh_database_env, run_server
+from agentsflow.testing import (
+    Platform,
+    Server,
+    fresh_database_env,
+    loopback_production_env,
+    pg_admin_connection,
+    run_server,
+    stop_running_generations,
+)
+from bench import procs
 
 # --- the API's surface -----------------------------------------------------------------
 
@@ -246,10 +254,7 @@ def production_env(tmp: Path, name: str, **extra: str) -> dict[str, str]:
     return {
         **fresh_database_env(name, tmp),
         "AGENTSFLOW_VAR_DIR": str(tmp),
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "abuse-suite-" + "s" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("abuse-suite-" + "s" * 60),
         "LOCAL_MODEL_THREADS": "1",
         **extra,
     }
@@ -300,46 +305,15 @@ def serve(
 # --- measurements ------------------------------------------------------------------------------
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Processes in a process group (a server started by run_server leads its own)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
-
-
 def rss_bytes(pgid: int) -> int:
-    """Resident memory of every process in the group, added up."""
-    total = 0
-    for pid in group_pids(pgid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+    """Resident memory of every process in the group (a server started by run_server
+    leads its own), added up."""
+    return procs.memory(procs.in_process_groups({pgid})).rss_bytes
 
 
 def pg_backends(database: str) -> int:
     """Backends connected to ``database`` (pg_stat_activity), as the admin sees them."""
-    import psycopg
-
-    from agentsflow.env import database_from_url
-
-    settings = database_from_url(os.environ["DATABASE_URL"])
-    with psycopg.connect(
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with pg_admin_connection(os.environ["DATABASE_URL"]) as conn:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()
     return int(row[0])
 
@@ -348,7 +322,7 @@ def connections_to(pgid: int, remote_port: int) -> int:
     """Open TCP connections from the processes of a group to ``remote_port`` (6379 for
     Redis): what the server holds, whoever else shares that Redis."""
     inodes = set()
-    for pid in group_pids(pgid):
+    for pid in procs.in_process_groups({pgid}):
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
@@ -404,15 +378,8 @@ def fake_platform(settings, upstream, transactional_db):
 @pytest.fixture
 async def generations_stopped():
     """Async tests end with no generation running and the provider's HTTP client closed."""
-    from chat import streaming
-    from chat.providers.openai import close_http_client
-
     yield
-    for generation in list(streaming._running.values()):
-        generation.cancel("test teardown")
-        if generation.task is not None:
-            await asyncio.wait({generation.task}, timeout=5)
-    await close_http_client()
+    await stop_running_generations()
 
 
 def key_client(plaintext: str):

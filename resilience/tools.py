@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from agentsflow.testing import free_port
+from agentsflow.testing import free_port, pg_admin_connection
 
 LOOPBACK = "127.0.0.1"
 
@@ -535,24 +535,9 @@ def connections_per_pid(pids: Iterable[int], client_ports: Iterable[int]) -> Cou
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def pg_admin(database_url: str, dbname: str = "postgres"):
     """An autocommit connection to the real server (never through a proxy)."""
-    import psycopg
-
-    from agentsflow.env import database_from_url
-
-    settings = database_from_url(database_url)
-    with psycopg.connect(
-        host=settings["HOST"] or None,
-        port=settings["PORT"] or None,
-        user=settings["USER"] or None,
-        password=settings["PASSWORD"] or None,
-        dbname=dbname,
-        autocommit=True,
-        connect_timeout=5,
-    ) as conn:
-        yield conn
+    return pg_admin_connection(database_url, dbname, connect_timeout=5)
 
 
 def pg_backends(database_url: str, database: str) -> Counter:

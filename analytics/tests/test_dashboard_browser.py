@@ -9,7 +9,16 @@ import time
 import httpx
 import pytest
 
-from agentsflow.testing import ARTIFACTS, CHROMIUM_MISSING, fresh_database_env, manage, prepare_platform, run_server
+from agentsflow.testing import (
+    ARTIFACTS,
+    CHROMIUM_MISSING,
+    fresh_database_env,
+    manage,
+    prepare_platform,
+    run_server,
+    sign_in,
+    watch_page_errors,
+)
 
 pytestmark = [
     pytest.mark.server,
@@ -40,15 +49,8 @@ def test_staff_watches_figures_move_after_traffic(browser, tmp_path):
     manage("createuser", "staff@example.com", "--password", "staff-password-123", "--staff", env=env)
     with run_server(env, log_path=tmp_path / "server.log") as server:
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        problems = []
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-
-        page.goto(server.url + "/dashboard/")
-        assert "/accounts/login/" in page.url
-        page.fill("#id_username", "staff@example.com")
-        page.fill("#id_password", "staff-password-123")
-        page.click("button[type=submit]")
+        problems = watch_page_errors(page)
+        sign_in(page, server.url + "/dashboard/", "staff@example.com", "staff-password-123")
         wait_until(page, lambda: "since start" in page.inner_text("#fig-requests"))
         assert page.locator("#targets tbody tr").count() == 6
         assert page.is_visible("#models-empty")  # a fresh install says so instead of an empty table

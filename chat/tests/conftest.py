@@ -13,10 +13,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from agentsflow.testing import stop_running_generations
 from bench.fake_upstream import run_fake_upstream
-from chat import streaming
 from chat.models import LanguageModel
-from chat.providers.openai import close_http_client
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +63,7 @@ def _clean_streams(request):
 @pytest.fixture
 async def _stop_generations():
     yield
-    for generation in list(streaming._running.values()):
-        generation.cancel("test teardown")
-        if generation.task is not None:
-            await asyncio.wait({generation.task}, timeout=5)
-    await close_http_client()
+    await stop_running_generations()
 
 
 class KeyClient(AsyncClient):

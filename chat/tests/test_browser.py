@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from agentsflow.testing import ARTIFACTS, CHROMIUM_MISSING, fresh_database_env, prepare_platform, run_server
+from agentsflow.testing import (
+    ARTIFACTS,
+    CHROMIUM_MISSING,
+    fresh_database_env,
+    prepare_platform,
+    run_server,
+    sign_in,
+    watch_page_errors,
+)
 
 pytestmark = [
     pytest.mark.server,
@@ -36,15 +44,8 @@ def test_chat_page_streams_a_reply(browser, upstream, tmp_path):
     platform = prepare_platform(env)
     with run_server(env, log_path=tmp_path / "server.log") as server:
         page = browser.new_page(viewport={"width": 1200, "height": 800})
-        problems = []
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-
-        page.goto(server.url + "/")
-        assert "/accounts/login/" in page.url  # signed out: the sign-in page first
-        page.fill("#id_username", platform.email)
-        page.fill("#id_password", platform.password)
-        page.click("button[type=submit]")
+        problems = watch_page_errors(page)
+        sign_in(page, server.url + "/", platform.email, platform.password)
         page.wait_for_selector("#input")
         page.select_option("#model", "echo")
         page.fill("#input", "hello from the browser")

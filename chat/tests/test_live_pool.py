@@ -6,12 +6,11 @@ never given back, shows up as a 503."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest
 
-from agentsflow.testing import fresh_database_env, prepare_platform, run_server
+from agentsflow.testing import run_platform_on_fake_upstream
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
 
@@ -24,20 +23,8 @@ MODELS = [
 @pytest.fixture(scope="module")
 def live(upstream, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pool")
-    env = {
-        **fresh_database_env("pool", tmp),
-        "AGENTSFLOW_VAR_DIR": str(tmp),
-        "EXTRA_PROVIDERS": "fake",
-        "FAKE_BASE_URL": upstream,
-        "AGENTSFLOW_MODELS": json.dumps(MODELS),
-        "ACCESS_LOG": "false",
-        "DB_POOL_MIN_SIZE": "1",
-        "DB_POOL_MAX_SIZE": "2",
-        "DB_POOL_TIMEOUT": "3",
-    }
-    platform = prepare_platform(env)
-    with run_server(env, workers=1, log_path=tmp / "server.log") as server:
-        server.key = platform.key
+    pool = {"DB_POOL_MIN_SIZE": "1", "DB_POOL_MAX_SIZE": "2", "DB_POOL_TIMEOUT": "3"}
+    with run_platform_on_fake_upstream("pool", tmp, upstream, MODELS, **pool) as server:
         yield server
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import websockets
 
-from agentsflow.testing import fresh_database_env, prepare_platform, run_server
+from agentsflow.testing import loopback_production_env, run_platform_on_fake_upstream
 
 pytestmark = pytest.mark.server
 
@@ -34,24 +34,9 @@ MODELS = [
 @pytest.fixture(scope="module")
 def live(upstream, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
-    env = {
-        **fresh_database_env("live", tmp),
-        "AGENTSFLOW_VAR_DIR": str(tmp),
-        "EXTRA_PROVIDERS": "fake",
-        "FAKE_BASE_URL": upstream,
-        "AGENTSFLOW_MODELS": json.dumps(MODELS),
-        "ACCESS_LOG": "false",
-        # Production settings, as deployed (HTTP on loopback, so no SSL redirect).
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "live-test-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
-        "LOCAL_MODEL_THREADS": "1",
-    }
-    platform = prepare_platform(env)
+    production = {**loopback_production_env("live-test-" + "k" * 60), "LOCAL_MODEL_THREADS": "1"}
     workers = 2 if os.environ.get("REDIS_URL") else 1
-    with run_server(env, workers=workers, log_path=tmp / "server.log") as server:
-        server.key = platform.key
+    with run_platform_on_fake_upstream("live", tmp, upstream, MODELS, workers=workers, **production) as server:
         yield server
 
 

@@ -27,8 +27,7 @@ def test_quantile_interpolates_inside_the_bucket():
 
 
 def _snapshot(at: float, *, ok: float, errors: float, hits: float, misses: float, latency=None) -> dict:
-    snap = live_metrics._empty_like({"at": at})
-    snap["at"] = at
+    snap = live_metrics.empty_snapshot(at)
     snap["requests"] = {"2xx": ok, "5xx": errors}
     snap["latency"] = {"buckets": latency or [0.0] * 16, "sum": 0.0, "count": ok + errors}
     snap["cache"] = {"models": {"hit": hits, "miss": misses}}

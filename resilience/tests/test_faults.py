@@ -31,7 +31,14 @@ import pytest
 import websockets
 
 from agentsflow.env import database_from_url
-from agentsflow.testing import Server, fresh_database_env, manage, prepare_platform, run_server
+from agentsflow.testing import (
+    Server,
+    fresh_database_env,
+    loopback_production_env,
+    manage,
+    prepare_platform,
+    run_server,
+)
 from bench.fake_upstream import run_fake_upstream
 from resilience.tools import (
     FaultProxy,
@@ -142,10 +149,7 @@ def platform(name: str, tmp: Path, upstream: str, **settings: str) -> Iterator[S
         "AGENTSFLOW_MODELS": json.dumps(MODELS),
         "PROVIDER_RETRIES": "0",
         "ACCESS_LOG": "false",
-        "AGENTSFLOW_ENV": "production",
-        "SECRET_KEY": "faults-test-" + "k" * 60,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
+        **loopback_production_env("faults-test-" + "k" * 60),
         "LOG_LEVEL": "warning",
         # Small pools: the PostgreSQL on this machine is shared (max_connections 100).
         "DB_POOL_MIN_SIZE": "1",
@@ -172,6 +176,18 @@ def platform(name: str, tmp: Path, upstream: str, **settings: str) -> Iterator[S
                 assert first.status_code == 201, first.text
                 stack.conversation_id = first.json()["conversation_id"]
             yield stack
+
+
+def stack_fixture(name: str, **settings: str):
+    """A module-scoped fixture for the tests that share one ``platform(name, ...)``
+    with these settings (bind it to a module name: ``pg_stack = stack_fixture("pg")``)."""
+
+    @pytest.fixture(scope="module")
+    def stack(upstream, tmp_path_factory) -> Iterator[Stack]:
+        with platform(name, tmp_path_factory.mktemp(name), upstream, **settings) as running:
+            yield running
+
+    return stack
 
 
 @pytest.fixture(autouse=True)
@@ -287,10 +303,7 @@ def restarting(redis: PrivateRedis) -> Iterator[None]:
             redis.start()
 
 
-@pytest.fixture(scope="module")
-def redis_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
-    with platform("redis", tmp_path_factory.mktemp("redis"), upstream) as stack:
-        yield stack
+redis_stack = stack_fixture("redis")
 
 
 async def test_f1_redis_stopped_under_load(redis_stack: Stack, record_property):
@@ -418,10 +431,7 @@ def test_f2_redis_slow(redis_stack: Stack, record_property):
 # --- 3, 5, 6: PostgreSQL down, statement timeout, provider failing -------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
-    with platform("pg", tmp_path_factory.mktemp("pg"), upstream, DB_STATEMENT_TIMEOUT_MS="2000") as stack:
-        yield stack
+pg_stack = stack_fixture("pg", DB_STATEMENT_TIMEOUT_MS="2000")
 
 
 DB_TARGETS = ("/api/conversations/{cid}", "/api/conversations/{cid}/messages?page_size=5")
@@ -605,17 +615,7 @@ async def test_f6_provider_fails_mid_stream(pg_stack: Stack, record_property):
 POOL = 3
 
 
-@pytest.fixture(scope="module")
-def pool_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
-    with platform(
-        "pool",
-        tmp_path_factory.mktemp("pool"),
-        upstream,
-        DB_POOL_MIN_SIZE="1",
-        DB_POOL_MAX_SIZE=str(POOL),
-        DB_POOL_TIMEOUT="1",
-    ) as stack:
-        yield stack
+pool_stack = stack_fixture("pool", DB_POOL_MIN_SIZE="1", DB_POOL_MAX_SIZE=str(POOL), DB_POOL_TIMEOUT="1")
 
 
 def test_f4_pool_exhausted(pool_stack: Stack, record_property):
@@ -673,10 +673,7 @@ def test_f4_pool_exhausted(pool_stack: Stack, record_property):
 # --- 7: a worker killed mid-stream -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def kill_stack(upstream, tmp_path_factory) -> Iterator[Stack]:
-    with platform("kill", tmp_path_factory.mktemp("kill"), upstream) as stack:
-        yield stack
+kill_stack = stack_fixture("kill")
 
 
 async def test_f7_worker_killed_mid_stream(kill_stack: Stack, record_property):
