@@ -72,6 +72,13 @@ def _flatten_details(detail) -> dict:
     return flat
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """The error's class and the first line of its message (at most 200 characters):
+    enough to tell a refused connection from a pool timeout in the log."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def database_error_as_api_exception(exc: Exception) -> exceptions.APIException | None:
     """Turn a database outage or statement timeout into 503/504 instead of a 500."""
     try:
@@ -102,7 +109,7 @@ def api_exception_handler(exc, context):
         mapped = database_error_as_api_exception(exc)
         if mapped is None:
             return None
-        logger.warning("database unavailable: %s", exc.__class__.__name__)
+        logger.warning("database unavailable: %s", describe_database_error(exc))
         exc = mapped
 
     response = drf_exception_handler(exc, context)

@@ -35,7 +35,14 @@ from django_prometheus.middleware import PrometheusBeforeMiddleware as _Promethe
 from core import metrics, ratelimit
 from core.authentication import authenticate_key, request_key
 from core.db import database_sync_to_async
-from core.exceptions import database_error_as_api_exception, error_body, error_response, is_api_path, json_response
+from core.exceptions import (
+    database_error_as_api_exception,
+    describe_database_error,
+    error_body,
+    error_response,
+    is_api_path,
+    json_response,
+)
 from core.net import client_ip
 
 logger = logging.getLogger("agentsflow.errors")
@@ -363,7 +370,7 @@ class ApiExceptionMiddleware(DualModeMiddleware):
             return None
         mapped = database_error_as_api_exception(exception)
         if mapped is not None:
-            logger.warning("database unavailable on %s: %s", request.path, exception.__class__.__name__)
+            logger.warning("database unavailable on %s: %s", request.path, describe_database_error(exception))
             response = error_response(mapped.status_code, mapped.default_code, str(mapped.detail))
             if mapped.status_code == 503:
                 response["Retry-After"] = "2"

@@ -24,7 +24,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
 from core.authentication import authenticate_key, key_from_headers
-from core.exceptions import database_error_as_api_exception
+from core.exceptions import database_error_as_api_exception, describe_database_error
 
 logger = logging.getLogger("agentsflow.errors")
 
@@ -64,7 +64,7 @@ class APIKeyOrSessionAuthMiddleware:
         except Exception as exc:
             if database_error_as_api_exception(exc) is None:
                 raise
-            logger.warning("websocket refused, database unavailable: %s", type(exc.__cause__ or exc).__name__)
+            logger.warning("websocket refused, database unavailable: %s", describe_database_error(exc))
             return await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
         return await self.inner({**scope, "user": user, "auth": identity}, receive, send)
 

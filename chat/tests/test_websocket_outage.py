@@ -6,6 +6,7 @@ client must be told to try again later (close 1013), not get an HTTP 500."""
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -64,4 +65,6 @@ async def test_handshakes_needing_the_database_are_told_to_try_again_later(down)
     assert (by_key, by_session) == ("close 1013", "close 1013"), down.log()[-3000:]
     log = down.log()
     assert log.count(REFUSED) == 2, log[-3000:]
+    # The line says what failed, so an operator can tell a refused connection from a full pool.
+    assert len(re.findall(re.escape(REFUSED) + r": OperationalError: \S", log)) == 2, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
