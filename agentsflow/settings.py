@@ -418,9 +418,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "core.logging.JSONFormatter"}},
+    "filters": {"outage_without_traceback": {"()": "core.logging.OutageWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # A filter on a logger applies to its own records only, not its children's.
+        "channels_redis.pubsub": {"filters": ["outage_without_traceback"]},
+        "channels_redis.core": {"filters": ["outage_without_traceback"]},
         "django.request": {"level": "ERROR"},  # the access log already records 4xx
         "django.server": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},  # one line per upstream request otherwise

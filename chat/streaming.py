@@ -62,6 +62,24 @@ def _finish_and_charge(*, user_id: int, **fields) -> None:
         quotas.charge(user_id, usage.prompt_tokens + usage.completion_tokens)
 
 
+_layer_failing = False  # this process's last channel-layer send failed
+
+
+def _layer_send_failed(exc: Exception) -> None:
+    """Log the first failure of an outage, not one per batch of every reply."""
+    global _layer_failing
+    if not _layer_failing:
+        logger.warning("channel layer send failed: %s (logged once until a send succeeds)", exc.__class__.__name__)
+    _layer_failing = True
+
+
+def _layer_send_succeeded() -> None:
+    global _layer_failing
+    if _layer_failing:
+        logger.warning("channel layer send works again")
+    _layer_failing = False
+
+
 def conversation_group(conversation_id: int) -> str:
     return f"conv.{conversation_id}"
 
@@ -154,7 +172,9 @@ class Generation:
                 try:
                     await layer.group_send(group, {"type": "chat.events", "packed": b"\n".join(encoded)})
                 except Exception as exc:  # a dead channel layer must not stop the reply
-                    logger.warning("channel layer send failed: %s", exc.__class__.__name__)
+                    _layer_send_failed(exc)
+                else:
+                    _layer_send_succeeded()
             self._published += len(batch)
 
     # --- the run ---------------------------------------------------------------------------
