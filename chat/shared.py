@@ -11,6 +11,7 @@ Redis answers again.
 
 from __future__ import annotations
 
+import bisect
 import time
 
 import orjson
@@ -21,28 +22,31 @@ from core import redis
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._lists: dict[str, tuple[float, list[bytes]]] = {}
+        self._events: dict[str, tuple[float, list[tuple[int, bytes]]]] = {}
         self._values: dict[str, tuple[float, bytes]] = {}
 
     def _sweep(self) -> None:
-        if len(self._lists) + len(self._values) < 10_000:
+        if len(self._events) + len(self._values) < 10_000:
             return
         now = time.monotonic()
-        self._lists = {k: v for k, v in self._lists.items() if v[0] > now}
+        self._events = {k: v for k, v in self._events.items() if v[0] > now}
         self._values = {k: v for k, v in self._values.items() if v[0] > now}
 
-    async def rpush(self, key: str, values: list[bytes], ttl: int) -> None:
+    async def append_events(self, key: str, events: list[tuple[int, bytes]], ttl: int) -> None:
         self._sweep()
-        _, items = self._lists.get(key, (0.0, []))
-        items.extend(values)
-        self._lists[key] = (time.monotonic() + ttl, items)
+        _, items = self._events.get(key, (0.0, []))
+        last = items[-1][0] if items else 0
+        items.extend(event for event in events if event[0] > last)  # one producer, in seq order
+        self._events[key] = (time.monotonic() + ttl, items)
 
-    async def lrange(self, key: str, start: int) -> list[bytes]:
-        return self.lrange_now(key, start)
+    async def events_after(self, key: str, after_seq: int) -> list[bytes]:
+        return self.events_after_now(key, after_seq)
 
-    def lrange_now(self, key: str, start: int) -> list[bytes]:
-        expires, items = self._lists.get(key, (0.0, []))
-        return items[start:] if expires > time.monotonic() else []
+    def events_after_now(self, key: str, after_seq: int) -> list[bytes]:
+        expires, items = self._events.get(key, (0.0, []))
+        if expires <= time.monotonic():
+            return []
+        return [raw for _, raw in items[bisect.bisect_right(items, after_seq, key=lambda item: item[0]) :]]
 
     async def set(self, key: str, value: bytes, ttl: float, *, attempts: int = 1) -> None:
         self._sweep()
@@ -57,6 +61,7 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
+        self._events.pop(key, None)
 
     async def started_within(self, seconds: float) -> bool:
         return False  # it lives as long as the process, and the marks with it
@@ -68,17 +73,19 @@ class MemoryStore:
 class RedisStore:
     """Through core.redis: per-loop async clients, short timeouts, a circuit breaker."""
 
-    async def rpush(self, key: str, values: list[bytes], ttl: int) -> None:
+    # Events in a sorted set scored by seq, not a list read by index: appends lost to
+    # an outage would shift every later index, and a resume would skip or stall.
+    async def append_events(self, key: str, events: list[tuple[int, bytes]], ttl: int) -> None:
         async def op(client):
             async with client.pipeline(transaction=False) as pipe:
-                pipe.rpush(key, *values)
+                pipe.zadd(key, {raw: seq for seq, raw in events})
                 pipe.expire(key, ttl)
                 await pipe.execute()
 
         await redis.arun("replay append", None, op)
 
-    async def lrange(self, key: str, start: int) -> list[bytes]:
-        return await redis.arun("replay read", [], lambda client: client.lrange(key, start, -1))
+    async def events_after(self, key: str, after_seq: int) -> list[bytes]:
+        return await redis.arun("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
 
     async def set(self, key: str, value: bytes, ttl: float, *, attempts: int = 1) -> None:
         await redis.arun("set", None, lambda client: client.set(key, value, px=int(ttl * 1000)), attempts=attempts)
@@ -90,8 +97,8 @@ class RedisStore:
     def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
         return redis.run("get", unknown, lambda client: client.get(key))
 
-    def lrange_now(self, key: str, start: int) -> list[bytes]:
-        return redis.run("replay read", [], lambda client: client.lrange(key, start, -1))
+    def events_after_now(self, key: str, after_seq: int) -> list[bytes]:
+        return redis.run("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
 
     async def delete(self, key: str) -> None:
         await redis.arun("delete", None, lambda client: client.delete(key))
@@ -126,7 +133,7 @@ MARKS_BACK_WITHIN = 2 * ALIVE_TTL
 
 
 def replay_key(message_id: int) -> str:
-    return f"af:replay:{message_id}"
+    return f"af:events:{message_id}"  # a sorted set (was af:replay:, a list)
 
 
 def alive_key(message_id: int) -> str:
@@ -134,17 +141,18 @@ def alive_key(message_id: int) -> str:
 
 
 async def replay_append(message_id: int, events: list[dict]) -> None:
-    await replay_append_encoded(message_id, [orjson.dumps(e) for e in events])
+    await replay_append_encoded(message_id, [(e["seq"], orjson.dumps(e)) for e in events])
 
 
-async def replay_append_encoded(message_id: int, encoded: list[bytes]) -> None:
-    """The same, for events already encoded with orjson (the generation encodes each once)."""
-    await store().rpush(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
+async def replay_append_encoded(message_id: int, encoded: list[tuple[int, bytes]]) -> None:
+    """The same, for events already encoded with orjson, as (seq, bytes): the
+    generation encodes each once."""
+    await store().append_events(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
 
 
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:
-    """Events with seq > after_seq (seq starts at 1, so index == seq - 1)."""
-    return [orjson.loads(raw) for raw in await store().lrange(replay_key(message_id), max(after_seq, 0))]
+    """Events with seq > after_seq, in order (whatever an outage lost is skipped)."""
+    return [orjson.loads(raw) for raw in await store().events_after(replay_key(message_id), after_seq)]
 
 
 async def request_cancel(message_id: int) -> None:
@@ -186,4 +194,4 @@ def is_alive_now(message_id: int) -> bool:
 
 
 def replay_read_now(message_id: int) -> list[dict]:
-    return [orjson.loads(raw) for raw in store().lrange_now(replay_key(message_id), 0)]
+    return [orjson.loads(raw) for raw in store().events_after_now(replay_key(message_id), 0)]

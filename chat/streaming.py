@@ -166,11 +166,12 @@ class Generation:
                 continue
             # Encoded once: the replay buffer stores these bytes and the sockets send
             # them as they are (JSON lines; orjson escapes newlines inside strings).
-            encoded = [orjson.dumps(event) for event in batch]
+            encoded = [(event["seq"], orjson.dumps(event)) for event in batch]
             await shared.replay_append_encoded(self.message_id, encoded)
             if layer is not None:
+                packed = b"\n".join(raw for _, raw in encoded)
                 try:
-                    await layer.group_send(group, {"type": "chat.events", "packed": b"\n".join(encoded)})
+                    await layer.group_send(group, {"type": "chat.events", "packed": packed})
                 except Exception as exc:  # a dead channel layer must not stop the reply
                     _layer_send_failed(exc)
                 else:

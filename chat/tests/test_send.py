@@ -256,7 +256,7 @@ async def test_resume_after_the_reply_finished_rebuilds_it_from_the_database(cha
     body = (await post_json(chat_client, "/api/chat", {"content": "old news", "model": "echo"})).json()
     from chat import shared
 
-    await shared.store().delete(f"af:replay:{body['message']['id']}")  # no-op in memory; expire it in Redis
+    await shared.store().delete(shared.replay_key(body["message"]["id"]))  # as if the buffer expired
     resumed = await chat_client.get(f"/api/messages/{body['message']['id']}/stream?after=1")
     events = await sse_events(resumed)
     assert events[-1]["type"] == "done" and events[-1]["content"] == "old news"

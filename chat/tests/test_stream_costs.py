@@ -73,7 +73,7 @@ async def test_socket_frames_are_the_replay_buffer_entries_byte_for_byte(chat_cl
         frames.append(raw.encode())
         if orjson.loads(raw)["type"] in streaming.TERMINAL:
             break
-    stored = await shared.store().lrange(shared.replay_key(accepted["message_id"]), 0)
+    stored = await shared.store().events_after(shared.replay_key(accepted["message_id"]), 0)
     assert frames == stored
     assert [orjson.loads(f)["seq"] for f in frames] == list(range(1, len(frames) + 1))
     await ws.disconnect()
