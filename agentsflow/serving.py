@@ -25,14 +25,15 @@ ASGI_PATHS: tuple[str, ...] = (
     r"^/api/messages/\d+/(?:cancel|regenerate|stream)$",  # cancel, regenerate (SSE), resume (SSE)
 )
 
-_ASGI = re.compile("|".join(f"(?:{pattern})" for pattern in ASGI_PATHS))
+
+def nginx_asgi_regex() -> str:
+    """``ASGI_PATHS`` as one nginx ``location ~`` regular expression."""
+    return "|".join(f"(?:{pattern})" for pattern in ASGI_PATHS)
+
+
+_ASGI = re.compile(nginx_asgi_regex())  # the very expression nginx routes by
 
 
 def served_by_asgi(path: str) -> bool:
     """True when nginx sends ``path`` to the ASGI server."""
     return _ASGI.search(path) is not None
-
-
-def nginx_asgi_regex() -> str:
-    """``ASGI_PATHS`` as one nginx ``location ~`` regular expression."""
-    return "|".join(f"(?:{pattern})" for pattern in ASGI_PATHS)
