@@ -77,10 +77,11 @@ def usage(user) -> QuotaUsage:
     limit = settings.TOKEN_QUOTAS[user.tier]
     reset = int((day_end - now).total_seconds())
     key = _key(user.pk, day_start)
-    used = _cache("quota check", cache.get, key)
+    used = redis.guarded("quota check", None, cache.get, key)
     if used is None and not redis.breaker.open:
-        _cache("quota check", cache.add, key, _used_from_database(user.pk, day_start), timeout=reset + 3600)
-        used = _cache("quota check", cache.get, key)
+        started = _used_from_database(user.pk, day_start)
+        redis.guarded("quota check", None, cache.add, key, started, timeout=reset + 3600)
+        used = redis.guarded("quota check", None, cache.get, key)
     return QuotaUsage(tier=user.tier, limit=limit, used=int(used or 0), reset=reset)
 
 
@@ -97,19 +98,9 @@ def charge(user_id: int, tokens: int) -> None:
     if tokens <= 0:
         return
     day_start, _ = _day_bounds(timezone.now())
+    redis.guarded("quota charge", None, _add_to_counter, _key(user_id, day_start), tokens)
+
+
+def _add_to_counter(key: str, tokens: int) -> None:
     with contextlib.suppress(ValueError):  # no counter yet: the day's first check starts it from the database
-        _cache("quota charge", cache.incr, _key(user_id, day_start), tokens)
-
-
-def _cache(operation: str, call, *args, **kwargs):
-    """A shared-cache call that fails open (None) when Redis is down, skipping it
-    while the breaker is open."""
-    if redis.breaker.open:
-        return None
-    try:
-        return call(*args, **kwargs)
-    except ValueError:  # not Redis failing: incr of a key that does not exist
-        raise
-    except Exception as exc:
-        redis.breaker.trip(operation, exc)
-        return None
+        cache.incr(key, tokens)

@@ -84,15 +84,22 @@ def async_client():
     return client
 
 
-def run(operation: str, fallback: Any, call) -> Any:
-    """``call(client)`` on the sync client; ``fallback`` if Redis is down."""
+def guarded(operation: str, fallback: Any, call, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, a sync use of Redis (through any client or cache);
+    ``fallback`` if Redis is down: skipped while the breaker is open, which an
+    error trips."""
     if breaker.open:
         return fallback
     try:
-        return call(sync_client())
+        return call(*args, **kwargs)
     except Exception as exc:
         breaker.trip(operation, exc)
         return fallback
+
+
+def run(operation: str, fallback: Any, call) -> Any:
+    """``call(client)`` on the sync client; ``fallback`` if Redis is down."""
+    return guarded(operation, fallback, lambda: call(sync_client()))
 
 
 async def arun(operation: str, fallback: Any, call, *, attempts: int = 1) -> Any:
