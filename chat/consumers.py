@@ -242,10 +242,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 missed = [streaming.final_event_from(reply, last_seq + 1)]
         ended = any(e["type"] in streaming.TERMINAL for e in missed)
         # No process produces it any more (its worker died): end it instead of waiting.
-        if reply.status == Message.Status.STREAMING and not ended and await streaming.mark_if_orphaned(reply):
-            reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
-            last = max([last_seq, *(e["seq"] for e in missed)])
-            missed = [*missed, streaming.final_event_from(reply, last + 1)]
+        if reply.status == Message.Status.STREAMING and not ended:
+            settled = await streaming.settle_if_orphaned(reply)
+            if settled is not None:
+                reply = settled
+                last = max([last_seq, *(e["seq"] for e in missed)])
+                missed = [*missed, streaming.final_event_from(reply, last + 1)]
         if reply.status == Message.Status.STREAMING:
             self._track(message_id)
         await self.chat_events({"events": missed})
@@ -349,9 +351,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if streaming.running(message_id) is not None or await shared.is_alive(message_id):
             return
         reply = await database_sync_to_async(streaming.load_reply)(message_id)
-        if reply is not None and reply.status == Message.Status.STREAMING and await streaming.mark_if_orphaned(reply):
-            reply = await database_sync_to_async(streaming.load_reply)(message_id)
-            final = streaming.final_event_from(reply, self.last_seq.get(message_id, 0) + 1)
+        if reply is None or reply.status != Message.Status.STREAMING:
+            return
+        settled = await streaming.settle_if_orphaned(reply)
+        if settled is not None:
+            final = streaming.final_event_from(settled, self.last_seq.get(message_id, 0) + 1)
             await self.chat_events({"events": [final]})
 
 

@@ -390,18 +390,24 @@ async def cancel(message_id: int) -> None:
         await shared.request_cancel(message_id)
 
 
-async def mark_if_orphaned(message: Message) -> bool:
-    """True (and the reply marked, see chat.sweeper) when no process is producing
-    a streaming reply any more."""
+async def settle_if_orphaned(message: Message) -> Message | None:
+    """When no process produces a streaming reply any more: mark it interrupted (see
+    chat.sweeper) and return it as stored now. None while some process does."""
     from chat import sweeper
 
     if running(message.pk) is not None or await shared.is_alive(message.pk):
-        return False
+        return None
     if timezone.now() - message.updated_at < sweeper.MIN_AGE:
-        return False
+        return None
     text = await sweeper.partial_text(message.pk)
-    await database_sync_to_async(sweeper.mark_interrupted)(message.pk, text)
-    return True
+    return await database_sync_to_async(_mark_interrupted_and_load)(message.pk, text)
+
+
+def _mark_interrupted_and_load(message_id: int, text: str | None) -> Message | None:
+    from chat import sweeper
+
+    sweeper.mark_interrupted(message_id, text)  # a no-op if it ended meanwhile: it is loaded as it ended
+    return load_reply(message_id)
 
 
 def load_reply(message_id: int) -> Message | None:
@@ -473,8 +479,8 @@ async def follow(message_id: int, after_seq: int = 0, *, poll: float = 0.05) -> 
             message = await database_sync_to_async(load_reply)(message_id)
             if message is None:
                 return
-            if message.status == Message.Status.STREAMING and await mark_if_orphaned(message):
-                message = await database_sync_to_async(load_reply)(message_id)
+            if message.status == Message.Status.STREAMING:
+                message = await settle_if_orphaned(message) or message
             if message.status != Message.Status.STREAMING:
                 tail = [e for e in await shared.replay_read(message_id, last) if e["seq"] > last]
                 if tail and tail[-1]["type"] in TERMINAL:
