@@ -53,13 +53,18 @@ def seed_conversations(url: str, key: str, count: int, history: int) -> list[int
     ids = []
     with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
         for _ in range(count):
-            response = client.post("/api/chat", json={"content": "Hello there.", "model": "bench"})
-            response.raise_for_status()
-            cid = response.json()["conversation_id"]
+            cid = _sent(client, "/api/chat", {"content": "Hello there.", "model": "bench"})["conversation_id"]
             for _ in range(max(0, history // 2 - 1)):
-                client.post(f"/api/conversations/{cid}/messages", json={"content": "Go on."}).raise_for_status()
+                _sent(client, f"/api/conversations/{cid}/messages", {"content": "Go on."})
             ids.append(cid)
     return ids
+
+
+def _sent(client: httpx.Client, path: str, body: dict) -> dict:
+    response = client.post(path, json=body)
+    if response.status_code != 201:
+        raise RuntimeError(f"seeding: {path} answered {response.status_code}: {response.text[:500]}")
+    return response.json()
 
 
 def measure(url: str, pid: int, requests_file: Path, args) -> dict:
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             targets.append((label, server, requests_file))
             runs[label] = []
         # A warm-up run each: connection pools, caches and the first model call.
-        for label, server, requests_file in targets:
+        for _label, server, requests_file in targets:
             wrk.run(server.url, requests_file, seconds=2, connections=args.connections, timeout=10)
         for round_number in range(args.rounds):
             shift = round_number % len(targets)

@@ -29,3 +29,23 @@ def test_the_sync_pools_block_too():
 
     for alias in ("default", "sessions"):
         assert isinstance(get_redis_connection(alias).connection_pool, redis_py.BlockingConnectionPool), alias
+
+
+async def test_replies_are_parsed_by_hiredis():
+    """requirements.txt installs hiredis, and redis-py then parses replies in C
+    (python -m bench.redis_parser: about a quarter less CPU per round trip)."""
+    from django_redis import get_redis_connection
+    from redis._parsers import _AsyncHiredisParser, _HiredisParser
+
+    for alias in ("default", "sessions"):
+        pool = get_redis_connection(alias).connection_pool
+        connection = pool.get_connection()
+        try:
+            assert connection._parser.__class__ is _HiredisParser, alias
+        finally:
+            pool.release(connection)
+    connection = await redis.async_client().connection_pool.get_connection()
+    try:
+        assert connection._parser.__class__ is _AsyncHiredisParser
+    finally:
+        await redis.async_client().connection_pool.release(connection)
