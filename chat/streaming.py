@@ -348,13 +348,17 @@ class Generation:
         """Stop on a cancel request from another process, or once nobody has
         listened for the grace period."""
         grace = settings.CHAT_STREAM_GRACE_SECONDS
-        alive_renewed = 0.0
+        shared_cancels = bool(settings.REDIS_URL)
+        # The first alive mark waits one renewal period: a reply younger than a mark's
+        # lifetime is never taken for orphaned (chat.sweeper.MIN_AGE), and most replies
+        # of a fast model end before then, saving them the Redis round trip.
+        alive_renewed = time.monotonic()
         while True:
+            await asyncio.sleep(WATCH_INTERVAL)
             if time.monotonic() - alive_renewed >= shared.ALIVE_RENEW:
                 alive_renewed = time.monotonic()
                 await shared.mark_alive(self.message_id)
-            await asyncio.sleep(WATCH_INTERVAL)
-            if settings.REDIS_URL and await shared.cancel_requested(self.message_id):
+            if shared_cancels and await shared.cancel_requested(self.message_id):
                 self.cancel()
                 return
             now = time.monotonic()
