@@ -153,9 +153,11 @@ def message_send_prepare(
     transaction, so a concurrent duplicate fails with IntegrityError and stores nothing.
     """
     created = conversation is None
-    if conversation is None:
-        conversation = Conversation.objects.create(user=user, model_name=model.name, title=_title_from(content))
     now = timezone.now()
+    if conversation is None:
+        conversation = Conversation.objects.create(
+            user=user, model_name=model.name, title=_title_from(content), created_at=now, updated_at=now
+        )
     if system_prompt:
         Message.objects.create(
             conversation=conversation,
@@ -172,7 +174,17 @@ def message_send_prepare(
         api_key_id=api_key_id,
         created_at=now,
     )
-    history = build_history(conversation.pk, upto_message_id=user_message.pk, model=model, count_tokens=count_tokens)
+    if created:  # nothing to read back: the history is what this request brings
+        opening = [ChatMessage(role=Message.Role.SYSTEM.value, content=system_prompt)] if system_prompt else []
+        history = fit_to_context(
+            [*opening, ChatMessage(role=Message.Role.USER.value, content=content)],
+            model=model,
+            count_tokens=count_tokens,
+        )
+    else:
+        history = build_history(
+            conversation.pk, upto_message_id=user_message.pk, model=model, count_tokens=count_tokens
+        )
     assistant = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
@@ -181,7 +193,8 @@ def message_send_prepare(
         reply_to=user_message,
         api_key_id=api_key_id,
     )
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+    if not created:
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
     recent_conversations_changed(user.pk)
     if idempotency is not None:
         IdempotencyRecord.objects.create(

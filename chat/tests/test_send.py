@@ -303,3 +303,23 @@ async def test_unauthenticated_and_wrong_scope_are_refused(transactional_db, mak
     _, reader = await sync_to_async(api_key_issue)(user=user, name="r", scopes=["conversations:read"])
     response = await post_json(aclient_for(reader), "/api/chat", {"content": "x"})
     assert response.status_code == 403 and "'chat'" in response.json()["message"]
+
+
+def test_a_new_conversation_sends_what_the_request_brings_without_reading_it_back(user, echo_model):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from chat.registry import find_model
+    from chat.services import build_history, message_send_prepare
+
+    model = find_model("echo")
+    with CaptureQueriesContext(connection) as queries:
+        plan = message_send_prepare(
+            user=user, conversation=None, content="hi there", model=model, count_tokens=len, system_prompt="be brief"
+        )
+    sent = [(m.role, m.content) for m in plan.request.messages]
+    assert sent == [("system", "be brief"), ("user", "hi there")]
+    stored = build_history(plan.conversation_id, upto_message_id=plan.user_message_id, model=model, count_tokens=len)
+    assert sent == [(m.role, m.content) for m in stored]  # the same as reading it back
+    statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
+    assert "SELECT" not in statements and "UPDATE" not in statements, statements
