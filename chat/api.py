@@ -22,6 +22,7 @@ from chat.serializers import (
 from core.models import APIKey
 from core.openapi import error_responses
 from core.pagination import keyset_page
+from core.serializers import iso_datetime
 
 READ = (APIKey.Scope.CONVERSATIONS_READ,)
 WRITE = (APIKey.Scope.CHAT,)
@@ -34,6 +35,11 @@ PAGE_PARAMETERS = [
 
 def _page(serializer_class, items, next_cursor) -> dict:
     return {"results": serializer_class(items, many=True).data, "next": next_cursor}
+
+
+def _conversation_json(row: dict) -> dict:
+    """A ``selectors.conversation_list`` row as ConversationSerializer writes it."""
+    return {**row, "created_at": iso_datetime(row["created_at"]), "updated_at": iso_datetime(row["updated_at"])}
 
 
 def _model_data(model: registry.ModelInfo, tier: str | None) -> dict:
@@ -97,10 +103,10 @@ class ConversationListView(APIView):
             query = request.query_params.get("q", "").strip()
             if query:
                 conversations = conversations.filter(title__icontains=query[:200])
-            items, next_cursor = keyset_page(
+            rows, next_cursor = keyset_page(
                 conversations, request, field="updated_at", descending=True, default=50, maximum=100
             )
-            return _page(ConversationSerializer, items, next_cursor)
+            return {"results": [_conversation_json(row) for row in rows], "next": next_cursor}
 
         if not request.query_params:  # the default first page: cached
             return Response(selectors.recent_conversations_page(user=request.user, compute=page))

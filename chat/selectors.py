@@ -12,10 +12,11 @@ from core.cache import two_tier
 CONVERSATION_LIST_FIELDS = ("id", "title", "model_name", "created_at", "updated_at")
 
 
-def conversation_list(*, user) -> QuerySet[Conversation]:
-    """The guide's query: a user's conversations, newest updated first
-    (served by idx_conversations_user_updated)."""
-    return Conversation.objects.filter(user=user).only(*CONVERSATION_LIST_FIELDS).order_by("-updated_at", "-id")
+def conversation_list(*, user) -> QuerySet:
+    """The guide's query: a user's conversations, newest updated first (served by
+    idx_conversations_user_updated), as dicts of the list's fields: building model
+    instances and serializing them with DRF was two thirds of a page's CPU."""
+    return Conversation.objects.filter(user=user).order_by("-updated_at", "-id").values(*CONVERSATION_LIST_FIELDS)
 
 
 RECENT_CACHE_FAMILY = "conversations"

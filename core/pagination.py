@@ -40,7 +40,8 @@ def page_size(request, *, default: int, maximum: int) -> int:
 def keyset_page(
     queryset: QuerySet, request, *, field: str, descending: bool, default: int, maximum: int
 ) -> tuple[list, str | None]:
-    """One page of ``queryset`` ordered by (field, id), and the cursor of the next page."""
+    """One page of ``queryset`` ordered by (field, id), and the cursor of the next page.
+    The items are model instances, or dicts for a ``.values()`` queryset."""
     size = page_size(request, default=default, maximum=maximum)
     cursor = request.query_params.get("cursor")
     if cursor:
@@ -52,4 +53,6 @@ def keyset_page(
         return items, None
     items = items[:size]
     last = items[-1]
+    if isinstance(last, dict):
+        return items, _encode(last[field], last["id"])
     return items, _encode(getattr(last, field), last.pk)

@@ -6,6 +6,13 @@ from rest_framework import serializers
 from core.models import APIKey, User
 
 
+def iso_datetime(value):
+    """``value`` as DRF's DateTimeField writes it (current time zone, ``Z`` for UTC),
+    for hot lists built without a serializer."""
+    text = timezone.localtime(value).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 class MeSerializer(serializers.ModelSerializer):
     class Meta:
         model = User

@@ -195,3 +195,17 @@ def test_wrong_scope_cannot_write(user, make_key, key_client):
     client = key_client(reader)
     assert client.get("/api/conversations").status_code == 200
     assert client.post("/api/conversations", {}, format="json").status_code == 403
+
+
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Paris"])
+def test_list_rows_are_what_the_serializer_writes(api, user, settings, time_zone):
+    """The list is built without DRF's serializer (half its CPU): it must not drift from it."""
+    from chat.serializers import ConversationSerializer
+
+    settings.TIME_ZONE = time_zone
+    _conversations(user, 3)
+    listed = api.get("/api/conversations", {"page_size": 2}).json()
+    following = api.get("/api/conversations", {"cursor": listed["next"]}).json()
+    expected = ConversationSerializer(Conversation.objects.filter(user=user).order_by("-updated_at", "-id"), many=True)
+    assert listed["results"] + following["results"] == expected.data
+    assert following["next"] is None

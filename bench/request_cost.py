@@ -1,24 +1,29 @@
-"""What one chat send costs the server: CPU milliseconds per send, and sends a second.
+"""What one request costs the server: CPU milliseconds per request, and requests a second.
 
-    python -m bench.send_cost [--baseline REF] [--rounds 5] [--seconds 8] [--connections 16]
+    python -m bench.request_cost [--request send|list] [--baseline REF] [--rounds 5] [--seconds 8]
 
-The issue's figure 4 (chat send, non-streaming, zero-latency model) on its own,
-so a change to the send path can be measured in minutes instead of a whole
-``make bench``. Needs DATABASE_URL and REDIS_URL (the production case).
+One of ``make bench``'s figures on its own, so a change to its path can be
+measured in minutes instead of a whole run. Needs DATABASE_URL and REDIS_URL
+(the production case). ``--request``:
+
+- ``send`` (figure 4): ``POST /api/conversations/<id>/messages``, non-streaming,
+  to one uvicorn worker (the server nginx sends it to);
+- ``list`` (figure 3b): ``GET /api/conversations?page_size=50``, a page of 50
+  from PostgreSQL (the parameter skips the cache), to one granian WSGI worker.
 
 Starts the fake OpenAI-compatible upstream (its own process, no latency, 16
-tokens a reply) and the platform in production settings as one uvicorn worker
-(PostgreSQL, Redis, limits lifted). Each server gets its own conversations with
-some history (``--history`` messages). Then, in interleaved rounds (the order
-rotates each round), wrk sends ``POST /api/conversations/<id>/messages`` for
-``--seconds`` over ``--connections`` connections, cycling through them.
+tokens a reply) and the platform in production settings (PostgreSQL, Redis,
+limits lifted). Each server gets its own conversations with some history
+(``--history`` messages). Then, in interleaved rounds (the order rotates each
+round), wrk sends the request for ``--seconds`` over ``--connections``
+connections, cycling through the conversations.
 
-CPU ms per send is the server process's user + system CPU time over the run
-divided by the sends answered: other load on the machine disturbs it far less
+CPU ms per request is the server process's user + system CPU time over the run
+divided by the requests answered: other load on the machine disturbs it far less
 than the rate does, so compare that first. ``--baseline REF`` also runs the
 platform as it is at git ``REF`` (exported to a temporary directory, same
 database) next to this checkout, interleaved in the same rounds.
-Results: bench/results/send_cost.{md,json}.
+Results: bench/results/request_cost_<request>.{md,json}.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ from bench.stream_overhead import baseline_checkout, platform_env
 RESULTS = BASE_DIR / "bench" / "results"
 TOKENS = 16
 # The question of make bench's figure 4; the conversation's own model answers it.
+REQUESTS = {
+    "send": "POST /api/conversations/<id>/messages (non-streaming, zero-latency model)",
+    "list": "GET /api/conversations?page_size=50 (a page of 50 from PostgreSQL)",
+}
+SERVERS = {"send": "uvicorn", "list": "granian-wsgi"}
 BODY = '{"content": "Benchmark question: in one sentence, what does a connection pool do?"}'
 
 
@@ -65,6 +75,12 @@ def _sent(client: httpx.Client, path: str, body: dict) -> dict:
     if response.status_code != 201:
         raise RuntimeError(f"seeding: {path} answered {response.status_code}: {response.text[:500]}")
     return response.json()
+
+
+def requests_for(kind: str, key: str, conversation_ids: list[int]) -> list[wrk.Request]:
+    if kind == "list":
+        return [wrk.Request("GET", "/api/conversations?page_size=50", key)]
+    return [wrk.Request("POST", f"/api/conversations/{cid}/messages", key, BODY) for cid in conversation_ids]
 
 
 def measure(url: str, pid: int, requests_file: Path, args) -> dict:
@@ -98,17 +114,18 @@ def summarise(runs: list[dict]) -> dict:
 
 def report(args, machine: dict, summaries: dict[str, dict]) -> str:
     lines = [
-        "# Chat send cost",
+        f"# Request cost: {args.request}",
         "",
-        f"`python -m bench.send_cost {' '.join(sys.argv[1:])}`: {machine['when']}, {machine['cpu']}, "
+        f"`python -m bench.request_cost {' '.join(sys.argv[1:])}`: {machine['when']}, {machine['cpu']}, "
         f"load average {machine['load_start']} at the start and {machine['load_end']} at the end.",
         "",
-        f"One uvicorn worker, production settings, PostgreSQL + Redis, the fake upstream at zero latency "
-        f"({TOKENS} tokens a reply). wrk: {args.connections} connections, {args.rounds} interleaved rounds "
-        f"of {args.seconds:g} s; sends into conversations of about {args.history} messages. Medians, "
+        f"{REQUESTS[args.request]}; one {SERVERS[args.request]} worker, production settings, "
+        f"PostgreSQL + Redis, the fake upstream at zero latency ({TOKENS} tokens a reply). "
+        f"wrk: {args.connections} connections, {args.rounds} interleaved rounds "
+        f"of {args.seconds:g} s; conversations of about {args.history} messages. Medians, "
         "(min–max) over rounds.",
         "",
-        "| server | CPU ms / send | sends/s | p50 ms | p99 ms | errors |",
+        "| server | CPU ms / request | requests/s | p50 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, s in summaries.items():
@@ -122,21 +139,22 @@ def report(args, machine: dict, summaries: dict[str, dict]) -> str:
         before, after = summaries["before"], summaries["after"]
         lines += [
             "",
-            f"after / before: CPU per send × {after['cpu_ms']['median'] / before['cpu_ms']['median']:.2f}, "
-            f"sends/s × {after['rps']['median'] / before['rps']['median']:.2f}.",
+            f"after / before: CPU per request × {after['cpu_ms']['median'] / before['cpu_ms']['median']:.2f}, "
+            f"requests/s × {after['rps']['median'] / before['rps']['median']:.2f}.",
         ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.send_cost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.request_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--request", choices=sorted(REQUESTS), default="send")
     parser.add_argument("--baseline", default="", help="also run the platform at this git ref ('before')")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--conversations", type=int, default=64)
     parser.add_argument("--history", type=int, default=20, help="messages in each conversation before the run")
-    parser.add_argument("--output", default=str(RESULTS / "send_cost"), help="path without extension")
+    parser.add_argument("--output", help="path without extension (default bench/results/request_cost_<request>)")
     args = parser.parse_args(argv)
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
         parser.error("needs DATABASE_URL and REDIS_URL")
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     runs: dict[str, list[dict]] = {}
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="send-cost-")))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="request-cost-")))
         upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=TOKENS))
         env = platform_env(upstream, TOKENS, tmp, "services")
         key = prepare_platform(env).key
@@ -157,11 +175,12 @@ def main(argv: list[str] | None = None) -> None:
             checkouts.insert(0, ("before", stack.enter_context(baseline_checkout(args.baseline))))
         targets = []
         for label, checkout in checkouts:
-            server = stack.enter_context(run_server(env, cwd=checkout, log_path=tmp / f"{label}.log"))
+            server = stack.enter_context(
+                run_server(env, kind=SERVERS[args.request], cwd=checkout, log_path=tmp / f"{label}.log")
+            )
             print(f"{label}: {server.url} (pid {server.process.pid}); seeding", file=sys.stderr, flush=True)
             ids = seed_conversations(server.url, key, args.conversations, args.history)
-            requests = [wrk.Request("POST", f"/api/conversations/{cid}/messages", key, BODY) for cid in ids]
-            requests_file = wrk.write_requests(tmp / f"{label}.requests", requests)
+            requests_file = wrk.write_requests(tmp / f"{label}.requests", requests_for(args.request, key, ids))
             targets.append((label, server, requests_file))
             runs[label] = []
         # A warm-up run each: connection pools, caches and the first model call.
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                 run = measure(server.url, server.process.pid, requests_file, args)
                 runs[label].append(run)
                 print(
-                    f"round {round_number + 1} {label}: {run['rps']:.0f} sends/s, {run['cpu_ms'] or 0:.2f} CPU ms",
+                    f"round {round_number + 1} {label}: {run['rps']:.0f} requests/s, {run['cpu_ms'] or 0:.2f} CPU ms",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     summaries = {label: summarise(label_runs) for label, label_runs in runs.items()}
     text = report(args, machine, summaries)
     print(text)
-    output = Path(args.output)
+    output = Path(args.output or RESULTS / f"request_cost_{args.request}")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".md").write_text(text)
     output.with_suffix(".json").write_text(json.dumps({"machine": machine, "runs": runs}, indent=1))
