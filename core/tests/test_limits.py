@@ -1,5 +1,7 @@
 """Tiered rate limits, quotas and the auth zone."""
 
+import time
+
 import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
@@ -100,6 +102,28 @@ def test_sliding_window_counts_part_of_the_previous_minute():
     # 90 hits last minute, 15 s into this one: 75 % of them still count.
     assert ratelimit._decide(caller, 20, 90, now=60 * 1000 + 15).allowed is True  # 20 + 67 = 87
     assert ratelimit._decide(caller, 40, 90, now=60 * 1000 + 15).allowed is False  # 40 + 67 = 107
+
+
+@pytest.mark.redis
+async def test_the_counting_script_on_a_redis_that_never_saw_it_counts_expires_and_looks():
+    """The limiter counts with a Lua script by its SHA; a new or restarted Redis
+    does not know it yet and gets the script itself once."""
+    caller = ratelimit.Caller("script-test", "regular", 3)
+    if time.time() % ratelimit.WINDOW > ratelimit.WINDOW - 1:  # all of it within one window
+        time.sleep(1.1)
+    client = redis.sync_client()
+    client.delete(*ratelimit._keys(caller.bucket, time.time()))
+    client.script_flush()
+    looked = ratelimit.hit(caller, increment=0)
+    assert (looked.allowed, looked.remaining) == (True, 3)
+    assert not client.exists(ratelimit._keys(caller.bucket, time.time())[0])  # looking counts nothing
+    assert [ratelimit.hit(caller).remaining for _ in range(3)] == [2, 1, 0]
+    await redis.async_client().script_flush()
+    decision = await ratelimit.ahit(caller)
+    assert (decision.allowed, decision.remaining) == (False, 0)
+    current_key = ratelimit._keys(caller.bucket, time.time())[0]
+    assert 0 < client.ttl(current_key) <= 2 * ratelimit.WINDOW
+    assert not redis.breaker.open
 
 
 @pytest.mark.redis
