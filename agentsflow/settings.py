@@ -348,6 +348,7 @@ REST_FRAMEWORK = {
         "core.permissions.HasScopes",
     ],
     "DEFAULT_RENDERER_CLASSES": ["core.renderers.ORJSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.renderers.JSONFirstNegotiation",
     "DEFAULT_PARSER_CLASSES": ["core.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
