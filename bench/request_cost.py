@@ -1,6 +1,6 @@
 """What one request costs the server: CPU milliseconds per request, and requests a second.
 
-    python -m bench.request_cost [--request send|list] [--baseline REF] [--rounds 5] [--seconds 8]
+    python -m bench.request_cost [--request send|list|models] [--baseline REF] [--rounds 5] [--seconds 8]
 
 One of ``make bench``'s figures on its own, so a change to its path can be
 measured in minutes instead of a whole run. Needs DATABASE_URL and REDIS_URL
@@ -9,7 +9,9 @@ measured in minutes instead of a whole run. Needs DATABASE_URL and REDIS_URL
 - ``send`` (figure 4): ``POST /api/conversations/<id>/messages``, non-streaming,
   to one uvicorn worker (the server nginx sends it to);
 - ``list`` (figure 3b): ``GET /api/conversations?page_size=50``, a page of 50
-  from PostgreSQL (the parameter skips the cache), to one granian WSGI worker.
+  from PostgreSQL (the parameter skips the cache), to one granian WSGI worker;
+- ``models`` (figure 2): ``GET /api/models`` with the key, cached, to one
+  granian WSGI worker.
 
 Starts the fake OpenAI-compatible upstream (its own process, no latency, 16
 tokens a reply) and the platform in production settings (PostgreSQL, Redis,
@@ -52,8 +54,10 @@ TOKENS = 16
 REQUESTS = {
     "send": "POST /api/conversations/<id>/messages (non-streaming, zero-latency model)",
     "list": "GET /api/conversations?page_size=50 (a page of 50 from PostgreSQL)",
+    "models": "GET /api/models with an API key (cached)",
 }
-SERVERS = {"send": "uvicorn", "list": "granian-wsgi"}
+SERVERS = {"send": "uvicorn", "list": "granian-wsgi", "models": "granian-wsgi"}
+PATHS = {"list": "/api/conversations?page_size=50", "models": "/api/models"}
 BODY = '{"content": "Benchmark question: in one sentence, what does a connection pool do?"}'
 
 
@@ -78,8 +82,8 @@ def _sent(client: httpx.Client, path: str, body: dict) -> dict:
 
 
 def requests_for(kind: str, key: str, conversation_ids: list[int]) -> list[wrk.Request]:
-    if kind == "list":
-        return [wrk.Request("GET", "/api/conversations?page_size=50", key)]
+    if kind in PATHS:
+        return [wrk.Request("GET", PATHS[kind], key)]
     return [wrk.Request("POST", f"/api/conversations/{cid}/messages", key, BODY) for cid in conversation_ids]
 
 
