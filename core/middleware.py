@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from csp.constants import HEADER as CSP_HEADER
+from csp.constants import HEADER_REPORT_ONLY as CSP_HEADER_REPORT_ONLY
+from csp.middleware import CheckableLazyObject
 from csp.middleware import CSPMiddleware as _CSPMiddleware
+from csp.utils import build_policy as build_csp_policy
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware as _AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware as _MessageMiddleware
 from django.contrib.messages.storage import default_storage
 from django.contrib.sessions.middleware import SessionMiddleware as _SessionMiddleware
+from django.core.signals import setting_changed
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
@@ -119,7 +125,6 @@ CommonMiddleware = inline(_CommonMiddleware)
 CsrfViewMiddleware = inline(_CsrfViewMiddleware)
 AuthenticationMiddleware = inline(_AuthenticationMiddleware)
 XFrameOptionsMiddleware = inline(_XFrameOptionsMiddleware)
-CSPMiddleware = inline(_CSPMiddleware)
 PrometheusBeforeMiddleware = inline(_PrometheusBeforeMiddleware)
 PrometheusAfterMiddleware = inline(_PrometheusAfterMiddleware)
 
@@ -147,6 +152,44 @@ class MessageMiddleware(inline(_MessageMiddleware)):
         if isinstance(messages, SimpleLazyObject) and messages._wrapped is empty:
             return response  # never used: nothing to store
         return super().process_response(request, response)
+
+
+_OWN_POLICY_ATTRIBUTES = tuple(f"_csp_{kind}{ro}" for kind in ("config", "update", "replace") for ro in ("", "_ro"))
+_PLAIN_POLICIES = (  # header, its setting, the attribute that exempts a response, report-only
+    (CSP_HEADER, "CONTENT_SECURITY_POLICY", "_csp_exempt", False),
+    (CSP_HEADER_REPORT_ONLY, "CONTENT_SECURITY_POLICY_REPORT_ONLY", "_csp_exempt_ro", True),
+)
+
+
+@functools.cache
+def _plain_policy(report_only: bool) -> str:
+    return build_csp_policy(report_only=report_only)
+
+
+@receiver(setting_changed)
+def _forget_plain_policies(setting, **kwargs) -> None:
+    if setting.startswith("CONTENT_SECURITY_POLICY"):
+        _plain_policy.cache_clear()
+
+
+class CSPMiddleware(inline(_CSPMiddleware)):
+    """django-csp. A response without a nonce or a policy of its own (every JSON
+    response) gets policies built once per process: django-csp builds both on every
+    response, 8 % of a cached read. Anything else goes through django-csp itself."""
+
+    def process_response(self, request, response):
+        own_policy = any(getattr(response, name, None) is not None for name in _OWN_POLICY_ATTRIBUTES)
+        if own_policy or settings.DEBUG or getattr(request, "_csp_nonce", None) is not None:
+            return super().process_response(request, response)
+        for header, setting, exempt, report_only in _PLAIN_POLICIES:
+            policy = _plain_policy(report_only)
+            excluded = tuple((getattr(settings, setting, None) or {}).get("EXCLUDE_URL_PREFIXES") or ())
+            wanted = header not in response and not getattr(response, exempt, False)
+            if policy and wanted and not request.path_info.startswith(excluded):
+                response[header] = policy
+        # As django-csp does: a nonce asked for after the header is written is an error.
+        request.csp_nonce = CheckableLazyObject(self._csp_nonce_post_response)
+        return response
 
 
 class GZipMiddleware(inline(_GZipMiddleware)):

@@ -38,3 +38,43 @@ def test_json_is_chosen_without_negotiating_and_other_formats_still_get_406(api)
         assert response.status_code == 200 and response["Content-Type"] == "application/json", accept
     refused = api.get("/api/me", HTTP_ACCEPT="text/csv")
     assert refused.status_code == 406 and refused.json()["code"]
+
+
+def _csp_headers(middleware_class, request, response):
+    middleware_class(lambda r: response).process_request(request)
+    if getattr(request, "use_nonce", False):
+        str(request.csp_nonce)
+    out = middleware_class(lambda r: response).process_response(request, response)
+    nonce = getattr(request, "_csp_nonce", None) or "no nonce"
+    headers = ("Content-Security-Policy", "Content-Security-Policy-Report-Only")
+    return {h: out[h].replace(nonce, "NONCE") if h in out else None for h in headers}
+
+
+@pytest.mark.parametrize("path", ["/api/me", "/excluded/page"])
+@pytest.mark.parametrize("use_nonce", [False, True])
+def test_csp_headers_are_django_csps_own(settings, path, use_nonce):
+    """Plain responses get policies built once per process; they must equal what
+    django-csp writes, also after the settings change."""
+    from csp.middleware import CSPMiddleware as DjangoCSPMiddleware
+
+    from core.middleware import CSPMiddleware
+
+    for policy in (settings.CONTENT_SECURITY_POLICY, {"DIRECTIVES": {"default-src": ["'none'"]}}):
+        settings.CONTENT_SECURITY_POLICY = {**policy, "EXCLUDE_URL_PREFIXES": ["/excluded"]}
+        settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": {"img-src": ["'self'"]}}
+        ours, theirs = RequestFactory().get(path), RequestFactory().get(path)
+        ours.use_nonce = theirs.use_nonce = use_nonce
+        expected = _csp_headers(DjangoCSPMiddleware, theirs, HttpResponse("{}"))
+        assert _csp_headers(CSPMiddleware, ours, HttpResponse("{}")) == expected
+    assert expected["Content-Security-Policy-Report-Only"] is not None
+
+
+def test_a_nonce_asked_for_after_the_header_is_an_error():
+    from csp.exceptions import CSPNonceError
+
+    from core.middleware import CSPMiddleware
+
+    request = RequestFactory().get("/api/me")
+    _csp_headers(CSPMiddleware, request, HttpResponse("{}"))
+    with pytest.raises(CSPNonceError):
+        str(request.csp_nonce)
