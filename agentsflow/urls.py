@@ -12,6 +12,12 @@ from core import views as core_views
 from core.exceptions import api_not_found
 
 urlpatterns = [
+    # The API first: Django tries the patterns in order, and nearly every request is
+    # an API call (the busiest app first). No pattern below overlaps these.
+    path("api/", include("chat.urls")),
+    path("api/", include("core.urls")),
+    path("api/", include("analytics.urls")),
+    path("v1/", include("chat.openai_urls")),
     path("", chat_page, name="chat"),
     path("health", health.live, name="health"),
     path("ready", health.ready, name="ready"),
@@ -28,10 +34,6 @@ urlpatterns = [
         "docs", SpectacularSwaggerSplitView.as_view(url_name="schema", http_method_names=["get", "head"]), name="docs"
     ),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
-    path("api/", include("core.urls")),
-    path("api/", include("chat.urls")),
-    path("api/", include("analytics.urls")),
-    path("v1/", include("chat.openai_urls")),
     # Anything else under /api/ or /v1/ is a JSON 404, never Django's HTML page.
     re_path(r"^api/", api_not_found),
     re_path(r"^v1/", api_not_found),

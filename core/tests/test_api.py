@@ -171,3 +171,17 @@ def test_database_outage_outside_a_view_is_503_not_500(rf, path, content_type):
         response = handler500(rf.get(path))
     assert response.status_code == 503 and response["Retry-After"] == "2"
     assert response["Content-Type"].startswith(content_type)
+
+
+def test_top_level_api_routes_are_not_shadowed_by_the_app_urls_listed_before_them():
+    from django.urls import resolve
+
+    for path, name in [
+        ("/api/dashboard/live", "dashboard-live"),
+        ("/api/dashboard/history", "dashboard-history"),
+        ("/api/schema/", "schema"),
+        ("/api/models", "model-list"),
+        ("/api/me", "me"),
+        ("/api/analytics/summary", "analytics-summary"),
+    ]:
+        assert resolve(path).url_name == name, path
