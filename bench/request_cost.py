@@ -177,13 +177,17 @@ def main(argv: list[str] | None = None) -> None:
         checkouts = [("after" if args.baseline else "this checkout", BASE_DIR)]
         if args.baseline:
             checkouts.insert(0, ("before", stack.enter_context(baseline_checkout(args.baseline))))
+        # Seeded through a uvicorn server of its own: under WSGI a send's reply may
+        # die with the request's throw-away event loop (agentsflow/serving.py).
+        print("seeding", file=sys.stderr, flush=True)
+        with run_server(env, log_path=tmp / "seeding.log") as seeder:
+            seeded = [seed_conversations(seeder.url, key, args.conversations, args.history) for _ in checkouts]
         targets = []
-        for label, checkout in checkouts:
+        for (label, checkout), ids in zip(checkouts, seeded, strict=True):
             server = stack.enter_context(
                 run_server(env, kind=SERVERS[args.request], cwd=checkout, log_path=tmp / f"{label}.log")
             )
-            print(f"{label}: {server.url} (pid {server.process.pid}); seeding", file=sys.stderr, flush=True)
-            ids = seed_conversations(server.url, key, args.conversations, args.history)
+            print(f"{label}: {server.url} (pid {server.process.pid})", file=sys.stderr, flush=True)
             requests_file = wrk.write_requests(tmp / f"{label}.requests", requests_for(args.request, key, ids))
             targets.append((label, server, requests_file))
             runs[label] = []
