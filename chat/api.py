@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import Http404, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -37,9 +38,13 @@ def _page(serializer_class, items, next_cursor) -> dict:
     return {"results": serializer_class(items, many=True).data, "next": next_cursor}
 
 
-def _conversation_json(row: dict) -> dict:
+def _conversation_json(row: dict, zone) -> dict:
     """A ``selectors.conversation_list`` row as ConversationSerializer writes it."""
-    return {**row, "created_at": iso_datetime(row["created_at"]), "updated_at": iso_datetime(row["updated_at"])}
+    return {
+        **row,
+        "created_at": iso_datetime(row["created_at"], zone),
+        "updated_at": iso_datetime(row["updated_at"], zone),
+    }
 
 
 def _model_data(model: registry.ModelInfo, tier: str | None) -> dict:
@@ -106,7 +111,8 @@ class ConversationListView(APIView):
             rows, next_cursor = keyset_page(
                 conversations, request, field="updated_at", descending=True, default=50, maximum=100
             )
-            return {"results": [_conversation_json(row) for row in rows], "next": next_cursor}
+            zone = timezone.get_current_timezone()
+            return {"results": [_conversation_json(row, zone) for row in rows], "next": next_cursor}
 
         if not request.query_params:  # the default first page: cached
             return Response(selectors.recent_conversations_page(user=request.user, compute=page))

@@ -6,10 +6,11 @@ from rest_framework import serializers
 from core.models import APIKey, User
 
 
-def iso_datetime(value):
-    """``value`` as DRF's DateTimeField writes it (current time zone, ``Z`` for UTC),
-    for hot lists built without a serializer."""
-    text = timezone.localtime(value).isoformat()
+def iso_datetime(value, zone=None):
+    """``value`` as DRF's DateTimeField writes it (in ``zone``, by default the
+    current time zone; ``Z`` for UTC), for hot lists built without a serializer:
+    they look the zone up once, not once a value."""
+    text = value.astimezone(zone or timezone.get_current_timezone()).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
