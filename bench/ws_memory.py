@@ -33,6 +33,7 @@ import os
 import signal
 import statistics
 import sys
+import sysconfig
 import tempfile
 import time
 import tracemalloc
@@ -116,7 +117,9 @@ def heap_growth(before: dict[int, dict], held: dict[int, dict], top: int = 15) -
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib*")]
     workers = []
     for pid in sorted(set(before) & set(held)):
-        sockets = max(held[pid]["sockets"] - before[pid]["sockets"], 1)
+        sockets = held[pid]["sockets"] - before[pid]["sockets"]
+        if sockets < 10:  # not a worker that serves sockets (multiprocessing's resource tracker)
+            continue
         old = tracemalloc.Snapshot.load(str(before[pid]["path"])).filter_traces(ignore)
         new = tracemalloc.Snapshot.load(str(held[pid]["path"])).filter_traces(ignore)
 
@@ -124,7 +127,7 @@ def heap_growth(before: dict[int, dict], held: dict[int, dict], top: int = 15) -
             diffs = sorted(new.compare_to(old, group), key=lambda d: -d.size_diff)[:top]
             return [
                 {
-                    "where": str(d.traceback[0]),
+                    "where": _short(str(d.traceback[0])),
                     "kb_per_socket": round(d.size_diff / 1024 / sockets, 2),
                     "objects_per_socket": round(d.count_diff / sockets, 2),
                 }
@@ -143,6 +146,14 @@ def heap_growth(before: dict[int, dict], held: dict[int, dict], top: int = 15) -
             }
         )
     return workers
+
+
+def _short(where: str) -> str:
+    """A path from its package on: site-packages/ and the standard library's directory cut off."""
+    for marker in ("site-packages/", sysconfig.get_paths()["stdlib"] + "/", str(BASE_DIR) + "/"):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
 
 
 # --- the run ------------------------------------------------------------------------------
