@@ -108,6 +108,9 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "off",
             "--ws-max-size",
             "1048576",
+            # As ops/run-asgi.sh: no per-message deflate (its zlib state stays with every socket).
+            "--ws-per-message-deflate",
+            "false",
         ]
     if kind == "granian-asgi":
         return [
