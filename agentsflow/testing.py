@@ -108,7 +108,10 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "off",
             "--ws-max-size",
             "1048576",
-            # As ops/run-asgi.sh: no per-message deflate (its zlib state stays with every socket).
+            # As ops/run-asgi.sh: the production protocol, no per-message deflate (its
+            # zlib state stays with every socket).
+            "--ws",
+            "agentsflow.uvicorn_ws:WebSocketProtocol",
             "--ws-per-message-deflate",
             "false",
         ]
