@@ -56,10 +56,12 @@ async def test_the_handshake_is_let_go_once_answered_and_the_socket_stays_open()
     transport = FakeTransport()
     protocol.connection_made(transport)
     protocol.data_received(HANDSHAKE)
-    assert protocol.request is not None  # uvicorn reads it until the answer
+    request = protocol.request  # uvicorn reads it until the answer
+    assert request.headers["Upgrade"] == "websocket"
     await asyncio.wait_for(accepted.wait(), 5)
     try:
         assert protocol.request is None and protocol.response is None
+        assert not request.headers  # websockets' parser still holds the request: emptied
         assert transport.written.startswith(b"HTTP/1.1 101 Switching Protocols")
         assert b"sec-websocket-extensions" not in transport.written.lower()  # the deflate offer declined
         assert not transport.closing
