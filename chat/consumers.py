@@ -25,6 +25,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import Http404
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
@@ -89,7 +90,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _channel(self) -> str:
         """This socket's channel on the layer: opened on first use, listened to from then on."""
         if self.channel_name is None:
-            self.channel_name = await self.channel_layer.new_channel()
+            try:
+                self.channel_name = await self.channel_layer.new_channel()
+            except RedisConnectionError:
+                # The layer's pub/sub connection from before a Redis restart fails its
+                # first command, then reconnects (resilience F1 caught it once in four).
+                self.channel_name = await self.channel_layer.new_channel()
             receive = functools.partial(self.channel_layer.receive, self.channel_name)
             self._sources.append(receive)
             self._waiting.append(asyncio.ensure_future(receive()))

@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentsflow.asgi import application
 from chat.models import Conversation, Message
@@ -253,6 +254,29 @@ async def test_a_socket_is_told_to_come_back_later_when_the_channel_layer_is_dow
     communicator = await connect(chat_client.key)
     await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
     assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 1013}
+
+
+async def test_a_channel_whose_first_subscription_fails_on_a_stale_connection_is_retried(chat_client):
+    """After a Redis restart the layer's old connection fails one command: the
+    socket's first join tries once more instead of closing 1013."""
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    layer = get_channel_layer()
+    real_new_channel, failures = layer.new_channel, [RedisConnectionError("Connection closed by server.")]
+
+    async def new_channel(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return await real_new_channel(*args, **kwargs)
+
+    layer.new_channel = new_channel
+    try:
+        communicator = await connect(chat_client.key)
+        await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+        assert (await receive(communicator))["type"] == "subscribed"
+        assert failures == []
+        await communicator.disconnect()
+    finally:
+        del layer.new_channel
 
 
 async def test_an_idle_socket_opens_no_channel_until_it_joins_a_conversation(chat_client):
