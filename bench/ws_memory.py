@@ -64,6 +64,9 @@ signal.signal(signal.SIGUSR2, _dump)
 """
 
 
+HEAP_NOTE = "tracemalloc ran in every server process: this run's RSS figures are inflated, compare them with none."
+
+
 def by_kind(platform: Platform) -> dict[str, dict]:
     return {kind: memory.as_dict() for kind, memory in platform.memory_by_kind().items()}
 
@@ -211,6 +214,8 @@ def report(args, machine: dict, runs: dict[str, list[dict]]) -> str:
         f"{'Medians over ' + str(args.rounds) + ' rounds.' if args.rounds > 1 else 'One round.'}",
         "",
     ]
+    if args.python_heap:
+        lines += [HEAP_NOTE, ""]
     for label, label_runs in runs.items():
         held = ", ".join(f"{r['sockets']:,} held ({r['failed']} failed)" for r in label_runs)
         lines += [
