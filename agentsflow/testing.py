@@ -108,6 +108,12 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             "off",
             "--ws-max-size",
             "1048576",
+            # As ops/run-asgi.sh: the production protocol, no per-message deflate (its
+            # zlib state stays with every socket).
+            "--ws",
+            "agentsflow.uvicorn_ws:WebSocketProtocol",
+            "--ws-per-message-deflate",
+            "false",
         ]
     if kind == "granian-asgi":
         return [
@@ -358,6 +364,7 @@ def run_stack(
     asgi_only: bool = False,
     collectstatic: bool = True,
     timeout: float = 60.0,
+    checkout: Path = BASE_DIR,
 ) -> Iterator[Stack]:
     """Run the platform as deployed: nginx in front of granian WSGI and uvicorn ASGI,
     each started by its production script (ops/run-wsgi.sh, ops/run-asgi.sh) on free
@@ -374,7 +381,9 @@ def run_stack(
     ``{"api_rate": None, "auth_rate": None, "conn_limit": None}`` every per-address
     limit (benchmarks: all load comes from one address). ``asgi_only=True`` starts
     no WSGI server and nginx sends everything to ASGI (the single-server
-    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's). As root,
+    deployment, for comparison; ``.wsgi_url`` is then the ASGI server's).
+    ``checkout`` is the project the run scripts and nginx.conf template come from
+    (benchmarks run an older checkout's stack to compare). As root,
     nginx's workers run as root too (they read STATIC_ROOT under a private tmp).
 
     Yields a ``Stack``: ``.url`` (nginx), ``.wsgi_url``, ``.asgi_url``, ``.logs``
@@ -421,11 +430,11 @@ def run_stack(
         config = NginxConfig(**{**loopback, **(nginx or {})})
         (tmp_dir / "nginx-temp").mkdir(exist_ok=True)
         conf = tmp_dir / "nginx.conf"
-        conf.write_text(render(config))
+        conf.write_text(render(config, template=checkout / "ops" / "nginx.conf"))
 
         commands = {
-            "wsgi": [str(BASE_DIR / "ops" / "run-wsgi.sh")],
-            "asgi": [str(BASE_DIR / "ops" / "run-asgi.sh")],
+            "wsgi": [str(checkout / "ops" / "run-wsgi.sh")],
+            "asgi": [str(checkout / "ops" / "run-asgi.sh")],
             "nginx": [NGINX, "-p", str(tmp_dir), "-c", str(conf), "-e", str(logs["nginx_error"])],
         }
         if asgi_only:

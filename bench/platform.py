@@ -75,6 +75,16 @@ class Platform:
     def memory(self) -> procs.Memory:
         return procs.memory(self.pids())
 
+    def memory_by_kind(self) -> dict[str, procs.Memory]:
+        """Memory per kind of process: each server's main process ("asgi main")
+        apart from the processes it started ("asgi workers")."""
+        kinds = {}
+        for name, root in self.roots.items():
+            children = [pid for pid in procs.tree(root) if pid != root]
+            kinds[f"{name} main"] = procs.memory([root])
+            kinds[f"{name} workers"] = procs.memory(children)
+        return kinds
+
     def keep_logs(self, directory: Path) -> None:
         """Copy the servers' logs without the access-log lines (one a request) to ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -89,8 +99,11 @@ def stack_available() -> bool:
 
 
 @contextlib.contextmanager
-def run_platform(env: dict[str, str], *, wsgi_workers: int | None = None) -> Iterator[Platform]:
-    """Start the production topology with ``env`` laid over production settings."""
+def run_platform(
+    env: dict[str, str], *, wsgi_workers: int | None = None, checkout: Path = testing.BASE_DIR
+) -> Iterator[Platform]:
+    """Start the production topology with ``env`` laid over production settings,
+    from ``checkout`` (this one by default; an older one to compare with)."""
     wsgi_workers = wsgi_workers or os.cpu_count() or 2
     if stack_available():
         with testing.run_stack(
@@ -101,6 +114,7 @@ def run_platform(env: dict[str, str], *, wsgi_workers: int | None = None) -> Ite
             # figures are the platform's, not nginx's shield.
             nginx={"api_rate": None, "auth_rate": None, "conn_limit": None},
             collectstatic=False,
+            checkout=checkout,
         ) as stack:
             yield Platform(
                 url=stack.url,
@@ -132,7 +146,12 @@ def run_platform(env: dict[str, str], *, wsgi_workers: int | None = None) -> Ite
             }
             servers[name] = stack.enter_context(
                 testing.run_server(
-                    server_env, kind=kind, workers=workers, log_path=directory / f"{name}.log", timeout=60
+                    server_env,
+                    kind=kind,
+                    workers=workers,
+                    log_path=directory / f"{name}.log",
+                    timeout=60,
+                    cwd=checkout,
                 )
             )
         yield Platform(

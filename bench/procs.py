@@ -3,6 +3,7 @@ of the servers, their resident memory (RSS and PSS) and their open-file limits."
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,16 @@ def cpu_seconds(pids: list[int]) -> float:
         if fields is not None:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets a process has open (its descriptors that are sockets)."""
+    fd_dir = PROC / str(pid) / "fd"
+    count = 0
+    try:
+        for entry in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                count += os.readlink(entry).startswith("socket:")
+    except OSError:
+        pass
+    return count

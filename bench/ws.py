@@ -96,15 +96,28 @@ def _metric(platform: Platform, name: str) -> float | None:
 
 
 def held_connections(
-    platform: Platform, keys_file: Path, work_dir: Path, *, count: int, clients: int = 2, out=sys.stderr
+    platform: Platform,
+    keys_file: Path,
+    work_dir: Path,
+    *,
+    count: int,
+    clients: int = 2,
+    compression: str = "deflate",
+    while_held=None,
+    out=sys.stderr,
 ) -> dict:
-    """Open ``count`` sockets from ``clients`` processes; while they are held,
-    read the platform's memory, the server's own count and the open-file limits."""
+    """Open ``count`` sockets from ``clients`` processes (offering ``compression``);
+    while they are held, read the platform's memory, the server's own count and the
+    open-file limits, and call ``while_held()`` (more readings of the caller's own)."""
     before = platform.memory()
     started = time.monotonic()
     processes = [
         ClientProcess(
-            ["hold", "--url", platform.ws_url(), "--keys", str(keys_file), "--count", str(n), "--handshakes", "100"],
+            [
+                "hold",
+                *("--url", platform.ws_url(), "--keys", str(keys_file), "--count", str(n)),
+                *("--handshakes", "100", "--compression", compression),
+            ],
             work_dir / f"ws-hold-{i}.log",
         )
         for i, n in enumerate(_split(count, clients))
@@ -127,6 +140,8 @@ def held_connections(
         opened = sum(h["open"] for h in held)
         time.sleep(2)  # let the servers settle (allocations after the last handshake)
         memory = platform.memory()
+        if while_held is not None:
+            while_held()
         server_count = _metric(platform, "agentsflow_websocket_connections")
         asgi_limits = sorted({procs.open_files_limit(pid) for pid in platform.pids("asgi")} - {None})
         nginx_limits = sorted({procs.open_files_limit(pid) for pid in platform.pids("nginx")} - {None})

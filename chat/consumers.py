@@ -2,14 +2,16 @@
 
 A socket joins the channel group of each conversation it sends to, subscribes
 to or resumes, so every socket open on a conversation (several tabs, any worker)
-sees the same stream. Per-connection state stays small: the groups joined, the
-replies in flight and the last sequence number seen of each.
+sees the same stream; its channel on the channel layer is opened then, not at the
+handshake, so an idle socket holds none. Per-connection state stays small: the
+groups joined, the replies in flight and the last sequence number seen of each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -17,10 +19,13 @@ import weakref
 import orjson
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import Http404
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
@@ -30,7 +35,7 @@ from chat.http import Caller
 from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
 from core import metrics, redis
-from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
+from core.asgi import CLOSE_TRY_AGAIN
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.models import APIKey
 from core.parsers import too_deep
@@ -54,14 +59,47 @@ class _NotYours(Exception):
 
 class ChatConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope, receive, send) -> None:
+        """Channels' AsyncConsumer.__call__, except that the socket's channel on the
+        channel layer is opened when it first joins a conversation (``_channel``),
+        not before the handshake: an idle socket holds no channel-layer subscription,
+        queue or receiving task, and a handshake needs no Redis."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            await self._dispatch_until_closed(receive)
+
+    async def _dispatch_until_closed(self, receive) -> None:
+        """Channels' await_many_dispatch over the client and, once opened, the
+        socket's channel: one message handled at a time, in arrival order."""
+        self._sources, self._waiting = [receive], [asyncio.ensure_future(receive())]
         try:
-            await super().__call__(scope, receive, send)
-        except RedisError as exc:
-            # Channels subscribes the socket's channel before the handshake: with the
-            # channel layer down, finish the handshake and say "try again later" rather
-            # than fail it with an HTTP 500.
-            logger.warning("websocket refused, channel layer unavailable: %s", exc.__class__.__name__)
-            await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
+            while True:
+                await asyncio.wait(self._waiting, return_when=asyncio.FIRST_COMPLETED)
+                for index, task in enumerate(self._waiting):
+                    if task.done():
+                        await self.dispatch(task.result())
+                        self._waiting[index] = asyncio.ensure_future(self._sources[index]())
+        finally:
+            for task in self._waiting:
+                task.cancel()  # the channel's receive unsubscribes from the layer when cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _channel(self) -> str:
+        """This socket's channel on the layer: opened on first use, listened to from then on."""
+        if self.channel_name is None:
+            try:
+                self.channel_name = await self.channel_layer.new_channel()
+            except RedisConnectionError:
+                # The layer's pub/sub connection from before a Redis restart fails its
+                # first command, then reconnects (resilience F1 caught it once in four).
+                self.channel_name = await self.channel_layer.new_channel()
+            receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            self._sources.append(receive)
+            self._waiting.append(asyncio.ensure_future(receive()))
+        return self.channel_name
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
@@ -317,7 +355,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _join(self, conversation_id: int) -> None:
         group = streaming.conversation_group(conversation_id)
         if group not in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.channel_layer.group_add(group, await self._channel())
             self.groups_joined.add(group)
 
     async def _start(self, plan: services.SendPlan, accepted: dict) -> None:

@@ -43,12 +43,10 @@ class APIKeyOrSessionAuthMiddleware:
         self.origins = OriginValidator(None, _allowed_origins())
 
     async def __call__(self, scope, receive, send):
-        headers = {name.decode("latin1").lower(): value.decode("latin1") for name, value in scope.get("headers", [])}
-        origin = headers.get("origin")
+        origin, candidate = _origin_and_key(scope)
         if origin is not None and not self.origins.valid_origin(urlparse(origin)):
             return await WebsocketDenier()(scope, receive, send)
 
-        candidate = key_from_headers(headers.get)
         if candidate is not None:
             return await self._as_caller(scope, receive, send, candidate)
 
@@ -67,6 +65,13 @@ class APIKeyOrSessionAuthMiddleware:
             logger.warning("websocket refused, database unavailable: %s", describe_database_error(exc))
             return await accept_and_close(receive, send, CLOSE_TRY_AGAIN)
         return await self.inner({**scope, "user": user, "auth": identity}, receive, send)
+
+
+def _origin_and_key(scope) -> tuple[str | None, str | None]:
+    """The handshake's Origin and API key. (A function of its own: the decoded
+    headers are not kept alive by ``__call__``'s frame, which lasts as long as the socket.)"""
+    headers = {name.decode("latin1").lower(): value.decode("latin1") for name, value in scope.get("headers", [])}
+    return headers.get("origin"), key_from_headers(headers.get)
 
 
 async def _caller(scope, candidate: str | None):

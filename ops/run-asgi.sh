@@ -24,14 +24,18 @@ echo "asgi: uvicorn on $ASGI_HOST:$ASGI_PORT, $ASGI_WORKERS workers, DB pool $DB
      "(up to $((ASGI_WORKERS * DB_POOL_MAX_SIZE)) PostgreSQL connections)" >&2
 # --proxy-headers with nginx's address: the client address is nginx's X-Forwarded-For.
 # Keep-alive longer than nginx's upstream keepalive_timeout (20 s).
+# uvicorn's websockets-sansio protocol, minus the handshake it kept (agentsflow/uvicorn_ws.py).
+# No per-message deflate: its zlib state costs ~36 KB a socket for as long as the socket
+# is open, and token frames are ~90 bytes (ops/README.md, "WebSockets and memory").
 exec "$VENV/bin/uvicorn" agentsflow.asgi:application \
   --host "$ASGI_HOST" --port "$ASGI_PORT" \
   --workers "$ASGI_WORKERS" \
-  --loop uvloop --http httptools --ws websockets-sansio \
+  --loop uvloop --http httptools --ws agentsflow.uvicorn_ws:WebSocketProtocol \
   --lifespan off \
   --no-access-log \
   --proxy-headers --forwarded-allow-ips "$TRUSTED_PROXIES" \
   --backlog 4096 \
   --timeout-keep-alive 75 \
   --timeout-graceful-shutdown 30 \
-  --ws-max-size 1048576
+  --ws-max-size 1048576 \
+  --ws-per-message-deflate false

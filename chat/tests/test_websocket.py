@@ -7,7 +7,9 @@ import asyncio
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentsflow.asgi import application
 from chat.models import Conversation, Message
@@ -240,14 +242,65 @@ async def test_key_without_chat_scope_is_closed(transactional_db, make_user):
 @pytest.mark.redis
 async def test_a_socket_is_told_to_come_back_later_when_the_channel_layer_is_down(chat_client, settings):
     """Found by resilience/tests/test_faults.py (Redis stopped): the handshake failed with
-    an HTTP 500 (and sockets already open waited for ever); now: close 1013, try again later."""
+    an HTTP 500 (and sockets already open waited for ever); now: close 1013, try again
+    later, when the socket first needs the channel layer (a handshake does not)."""
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 0.2}]},
         }
     }
-    communicator = socket(chat_client.key)
-    connected, _ = await communicator.connect()
-    assert connected
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    communicator = await connect(chat_client.key)
+    await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
     assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 1013}
+
+
+async def test_a_channel_whose_first_subscription_fails_on_a_stale_connection_is_retried(chat_client):
+    """After a Redis restart the layer's old connection fails one command: the
+    socket's first join tries once more instead of closing 1013."""
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    layer = get_channel_layer()
+    real_new_channel, failures = layer.new_channel, [RedisConnectionError("Connection closed by server.")]
+
+    async def new_channel(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return await real_new_channel(*args, **kwargs)
+
+    layer.new_channel = new_channel
+    try:
+        communicator = await connect(chat_client.key)
+        await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+        assert (await receive(communicator))["type"] == "subscribed"
+        assert failures == []
+        await communicator.disconnect()
+    finally:
+        del layer.new_channel
+
+
+async def test_an_idle_socket_opens_no_channel_until_it_joins_a_conversation(chat_client):
+    """The channel layer's channel (a subscription, a queue and a receiving task a
+    socket) is opened by the first subscribe, send or resume, not by the handshake."""
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    layer = get_channel_layer()
+    opened = []
+    real_new_channel = layer.new_channel
+
+    async def new_channel(*args, **kwargs):
+        opened.append(await real_new_channel(*args, **kwargs))
+        return opened[-1]
+
+    layer.new_channel = new_channel
+    try:
+        communicator = await connect(chat_client.key)
+        await communicator.send_json_to({"type": "ping"})
+        assert (await receive(communicator))["type"] == "pong"
+        assert opened == []
+        for _ in range(2):
+            await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+            assert (await receive(communicator))["type"] == "subscribed"
+        assert len(opened) == 1
+        await communicator.disconnect()
+    finally:
+        del layer.new_channel

@@ -113,6 +113,19 @@ def test_the_nginx_location_is_generated_from_the_list():
     assert "proxy_buffering off;" in body
 
 
+def test_the_websocket_location_is_the_asgi_location_with_small_buffers():
+    """/ws/ has a location of its own (1k buffers, held for a socket's whole life)
+    that must keep what the ASGI location gives it: routing, limits, timeouts."""
+    assert r"^/ws/" in ASGI_PATHS
+    config = render(NginxConfig()).split("# Streams, WebSockets")[1]
+    asgi = re.search(r'location ~ "[^"]+" \{(.*?)\n        \}', config, re.S).group(1)
+    websockets = re.search(r"location \^~ /ws/ \{(.*?)\n        \}", config, re.S).group(1)
+    for line in asgi.strip().splitlines():
+        if not line.strip().startswith("#"):
+            assert line.strip() in websockets, line
+    assert "proxy_buffer_size 1k;" in websockets
+
+
 def test_no_location_drops_the_forwarding_headers():
     """A proxy_set_header inside a location replaces every server-level one: Host,
     X-Forwarded-For and the WebSocket upgrade would silently vanish there."""

@@ -164,6 +164,16 @@ async def test_websocket_through_nginx(stack):
     assert event["type"] == "done" and event["content"] == "through nginx"
 
 
+async def test_websocket_compression_offer_is_declined(stack):
+    """A client offering permessage-deflate, as browsers do, gets an uncompressed
+    socket: the server keeps no zlib state per socket (ops/run-asgi.sh)."""
+    url = stack.url.replace("http://", "ws://") + "/ws/chat/"
+    async with websockets.connect(url, additional_headers=authorized(stack), compression="deflate") as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+
+
 @pytest.mark.parametrize("path", ["/api/me", "/v1/models"], ids=["wsgi", "asgi"])
 def test_forged_forwarding_headers_cannot_change_the_client_address(stack, path):
     """Anonymous callers are limited per client address. Each request forges another
