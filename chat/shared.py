@@ -84,6 +84,22 @@ class RedisStore:
 
         await redis.arun("replay append", None, op)
 
+    async def append_events_and_publish(
+        self, key: str, events: list[tuple[int, bytes]], ttl: int, channel: str, message: bytes
+    ) -> bool:
+        """``append_events``, then PUBLISH ``message`` on ``channel``, in one round trip;
+        False when Redis did not take them (down, or the breaker is open)."""
+
+        async def op(client):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {raw: seq for seq, raw in events})
+                pipe.expire(key, ttl)
+                pipe.publish(channel, message)
+                await pipe.execute()
+            return True
+
+        return await redis.arun("replay append", False, op)
+
     async def events_after(self, key: str, after_seq: int) -> list[bytes]:
         return await redis.arun("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
 
@@ -148,6 +164,18 @@ async def replay_append_encoded(message_id: int, encoded: list[tuple[int, bytes]
     """The same, for events already encoded with orjson, as (seq, bytes): the
     generation encodes each once."""
     await store().append_events(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
+
+
+async def replay_append_and_publish(
+    message_id: int, encoded: list[tuple[int, bytes]], channel: str, message: bytes
+) -> bool:
+    """``replay_append_encoded``, then a Redis PUBLISH of ``message`` on ``channel``, in
+    one pipeline: one round trip per batch instead of two. Redis runs them in order, so
+    whoever hears the message finds its events in the replay buffer. False when Redis
+    did not take them (the caller publishes another way; the append is lost, as
+    replay_append_encoded loses it in an outage). Needs Redis (RedisStore)."""
+    append = store().append_events_and_publish
+    return await append(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS, channel, message)
 
 
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:

@@ -80,6 +80,35 @@ def _layer_send_succeeded() -> None:
     _layer_failing = False
 
 
+async def _group_send(layer, group: str, message: dict) -> None:
+    try:
+        await layer.group_send(group, message)
+    except Exception as exc:  # a dead channel layer must not stop the reply
+        _layer_send_failed(exc)
+    else:
+        _layer_send_succeeded()
+
+
+def _pubsub_channel(layer, group: str) -> str | None:
+    """The Redis pub/sub channel that ``layer.group_send(group, …)`` publishes on, when
+    the layer is channels-redis's pub/sub layer on core.redis's server alone: a
+    generation then publishes its batches itself, in the pipeline that appends them
+    to the replay buffer. None for any other layer (it gets group_send)."""
+    config = settings.CHANNEL_LAYERS["default"]
+    hosts = config.get("CONFIG", {}).get("hosts") or []
+    if (
+        layer is None
+        or not settings.REDIS_URL
+        or config["BACKEND"] != "channels_redis.pubsub.RedisPubSubChannelLayer"
+        or len(hosts) != 1
+        or (hosts[0]["address"] if isinstance(hosts[0], dict) else hosts[0]) != settings.REDIS_URL
+    ):
+        return None
+    # The layer's own naming (channels-redis is pinned; the WebSocket tests would see
+    # no events if it changed): one host, so no sharding to follow.
+    return layer._get_group_channel_name(group)
+
+
 def conversation_group(conversation_id: int) -> str:
     return f"conv.{conversation_id}"
 
@@ -151,9 +180,11 @@ class Generation:
     async def _publish(self) -> None:
         """Ship events to the replay buffer and the channel group, batching whatever
         accumulated while the previous batch was in flight (one Redis round trip
-        per batch, not per token)."""
+        per batch, not per token, when the channel layer publishes on core.redis's
+        server; two otherwise)."""
         layer = get_channel_layer()
         group = conversation_group(self.conversation_id)
+        channel = _pubsub_channel(layer, group)
         finished = False
         while not finished:
             batch = [await self._outbox.get()]
@@ -167,15 +198,20 @@ class Generation:
             # Encoded once: the replay buffer stores these bytes and the sockets send
             # them as they are (JSON lines; orjson escapes newlines inside strings).
             encoded = [(event["seq"], orjson.dumps(event)) for event in batch]
-            await shared.replay_append_encoded(self.message_id, encoded)
-            if layer is not None:
-                packed = b"\n".join(raw for _, raw in encoded)
-                try:
-                    await layer.group_send(group, {"type": "chat.events", "packed": packed})
-                except Exception as exc:  # a dead channel layer must not stop the reply
-                    _layer_send_failed(exc)
-                else:
-                    _layer_send_succeeded()
+            message = {"type": "chat.events", "packed": b"\n".join(raw for _, raw in encoded)}
+            if channel is not None:
+                shipped = await shared.replay_append_and_publish(
+                    self.message_id, encoded, channel, layer.serialize(message)
+                )
+            else:
+                await shared.replay_append_encoded(self.message_id, encoded)
+                shipped = False
+            if shipped:
+                _layer_send_succeeded()
+            elif layer is not None:
+                # Redis refused the pipeline (or the breaker is open): the layer's own
+                # connection may still get the events to the sockets, as before.
+                await _group_send(layer, group, message)
             self._published += len(batch)
 
     # --- the run ---------------------------------------------------------------------------
