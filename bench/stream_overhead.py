@@ -532,6 +532,8 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 f"| {name} | {timing} | {_fmt(spread['us_per_token'])} | {after_first} "
                 f"| {_fmt(spread['ttft_delta_ms'], 1)} | {failed} |"
             )
+        if args.baseline:
+            lines += ["", *cpu_ratio_lines(raw[mode])]
         failures = {name: row["failures"] for name, row in summary[mode].items() if row["failures"]}
         if failures:
             lines += [
@@ -541,6 +543,25 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         lines.append("")
     text = "\n".join(lines)
     return text, {"machine": machine, "args": vars(args), "summary": summary, "raw": raw}
+
+
+def cpu_ratio_lines(cells: dict[str, list[dict]]) -> list[str]:
+    """After ÷ before server CPU per token, per round (the two ran minutes apart at
+    most, under much the same load), median (min–max): the change's effect."""
+    lines = []
+    for name, after in cells.items():
+        if not name.endswith("/after " + name.rsplit(" ", 1)[-1]):
+            continue
+        before = cells[name.replace("/after ", "/before ")]
+        ratios = [
+            a["cpu_us_per_token"] / b["cpu_us_per_token"]
+            for a, b in zip(after, before, strict=True)
+            if a.get("cpu_us_per_token") and b.get("cpu_us_per_token")
+        ]
+        if ratios:
+            label = name.replace("/after", "")
+            lines.append(f"- {label}: server CPU after ÷ before, per round: {_fmt(_spread(ratios), 3)}")
+    return lines
 
 
 def _fmt(spread: dict, digits: int = 0) -> str:
