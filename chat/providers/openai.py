@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
+from chat.providers.asyncio_network import pooled_transport
 from chat.providers.base import (
     Chunk,
     CompletionRequest,
@@ -54,7 +55,7 @@ def http_client() -> httpx.AsyncClient:
             # A client holds its loop alive through its connections; forget those of closed loops.
             for stale in [other for other in _clients if other.is_closed()]:
                 del _clients[stale]
-            client = _clients[loop] = httpx.AsyncClient(limits=POOL_LIMITS, follow_redirects=False)
+            client = _clients[loop] = httpx.AsyncClient(transport=pooled_transport(POOL_LIMITS), follow_redirects=False)
     return client
 
 

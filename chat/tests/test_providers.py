@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from bench.fake_upstream import parse_behaviour, run_fake_upstream, split_words, upstream_stats
+from bench.fake_upstream import default_reply, parse_behaviour, run_fake_upstream, split_words, upstream_stats
 from chat.providers import get_provider
 from chat.providers.base import (
     ChatMessage,
@@ -312,6 +312,51 @@ async def test_one_client_per_event_loop_reuses_its_connections(upstream):
         return other
 
     assert await asyncio.to_thread(asyncio.run, client_of_another_loop()) is not client
+
+
+async def test_a_connection_the_upstream_closed_while_idle_is_not_reused():
+    """The upstream hangs up after each answer (as servers do with idle keep-alive
+    connections): the next request must see it and open a new connection, not fail."""
+    connections = []
+    answered = asyncio.Event()
+
+    async def answer_once_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        answered.set()
+
+    server = await asyncio.start_server(answer_once_then_hang_up, "127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    provider = make_provider(base_url, retries=0)
+    try:
+        for _ in range(3):
+            answered.clear()
+            chunks = await collect(provider.stream(make_request("any")))
+            assert chunks[0].delta == "hi" and chunks[-1].finish_reason == "stop"
+            await answered.wait()
+            await asyncio.sleep(0.05)  # the client's loop takes in the hang-up
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(connections) == 3
+
+
+async def test_a_reader_slower_than_the_upstream_still_gets_every_token_in_order(upstream):
+    """While the reader waits, what arrives piles up to a limit, then the socket is
+    no longer read until the reader catches up (flow control): nothing is lost."""
+    deltas = []
+    async for chunk in make_provider(upstream).stream(make_request("tokens-20000", max_tokens=20000)):
+        if len(deltas) == 1:
+            await asyncio.sleep(0.3)  # the upstream sends megabytes meanwhile
+        deltas.append(chunk.delta)
+    assert len(deltas) == 20001 and deltas[-1] == ""
+    assert "".join(deltas) == "".join(default_reply(20000))
 
 
 # --- the fake upstream itself ------------------------------------------------------------
