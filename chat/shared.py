@@ -11,8 +11,10 @@ Redis answers again.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
+import weakref
 
 import orjson
 from django.conf import settings
@@ -87,18 +89,13 @@ class RedisStore:
     async def append_events_and_publish(
         self, key: str, events: list[tuple[int, bytes]], ttl: int, channel: str, message: bytes
     ) -> bool:
-        """``append_events``, then PUBLISH ``message`` on ``channel``, in one round trip;
-        False when Redis did not take them (down, or the breaker is open)."""
-
-        async def op(client):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {raw: seq for seq, raw in events})
-                pipe.expire(key, ttl)
-                pipe.publish(channel, message)
-                await pipe.execute()
-            return True
-
-        return await redis.arun("replay append", False, op)
+        """``append_events``, then PUBLISH ``message`` on ``channel``, shipped with what
+        other replies on this loop hand in meanwhile; False when Redis did not take
+        them (down, or the breaker is open)."""
+        zadd = ["ZADD", key]
+        for seq, raw in events:
+            zadd += [seq, raw]
+        return await _shipper().ship([zadd, ["EXPIRE", key, ttl], ["PUBLISH", channel, message]])
 
     async def events_after(self, key: str, after_seq: int) -> list[bytes]:
         return await redis.arun("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
@@ -128,6 +125,80 @@ class RedisStore:
     def started_within_now(self, seconds: float) -> bool:
         info = redis.run("uptime", None, lambda client: client.info("server"))
         return info is None or info["uptime_in_seconds"] < seconds
+
+
+class Shipper:
+    """Ships reply events (replay appends and publishes) for every generation on one
+    event loop through a Redis connection of its own: each round writes whatever the
+    generations handed in while the previous round was in flight, in one write.
+
+    The pooled client pays, per pipeline, a pool checkout that probes the socket, a
+    retry wrapper, a task to time the write and a timeout per reply: more than Redis
+    itself takes for a token. Here a round has one timeout, and under load many
+    replies share it. A round that fails trips the breaker (callers fall back).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[list[list], asyncio.Future[bool]]] = []
+        self._task: asyncio.Task | None = None
+        self._connection = None
+
+    async def ship(self, commands: list[list]) -> bool:
+        """Run ``commands`` in order, in the next round; whether Redis took every one."""
+        if redis.breaker.open:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((commands, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            ok = await self._round([command for commands, _ in batch for command in commands])
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(ok)
+
+    async def _round(self, commands: list[list]) -> bool:
+        try:
+            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                connection = await self._connected()
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                for _ in commands:
+                    await connection.read_response()  # raises on an error reply
+        except Exception as exc:
+            # Replies may be left unread: this connection cannot be trusted again.
+            if self._connection is not None:
+                await self._connection.disconnect(nowait=True)
+            redis.breaker.trip("replay append", exc)
+            return False
+        return True
+
+    async def _connected(self):
+        if self._connection is None:
+            import redis.asyncio as aioredis
+
+            # No socket timeout: each round is timed as a whole, not each read.
+            pool = aioredis.ConnectionPool.from_url(
+                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT
+            )
+            self._connection = pool.make_connection()
+        if not self._connection.is_connected:
+            await self._connection.connect()
+        return self._connection
+
+
+_shippers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Shipper] = weakref.WeakKeyDictionary()
+
+
+def _shipper() -> Shipper:
+    loop = asyncio.get_running_loop()
+    shipper = _shippers.get(loop)
+    if shipper is None:
+        shipper = _shippers[loop] = Shipper()
+    return shipper
 
 
 _store: MemoryStore | RedisStore | None = None
