@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             targets.append((label, server, requests_file))
             runs[label] = []
         # A warm-up run each: connection pools, caches and the first model call.
-        for label, server, requests_file in targets:
+        for _label, server, requests_file in targets:
             wrk.run(server.url, requests_file, seconds=2, connections=args.connections, timeout=10)
         for round_number in range(args.rounds):
             shift = round_number % len(targets)
