@@ -127,6 +127,9 @@ class RedisStore:
         return info is None or info["uptime_in_seconds"] < seconds
 
 
+GATHER_SECONDS = 0.002  # how long a round waits for other replies' events before it is written
+
+
 class Shipper:
     """Ships reply events (replay appends and publishes) for every generation on one
     event loop through a Redis connection of its own: each round writes whatever the
@@ -155,6 +158,9 @@ class Shipper:
 
     async def _run(self) -> None:
         while self._waiting:
+            # A round costs a write and wakes Redis and every subscriber, whatever it
+            # carries: let other replies hand theirs in (a model's tokens come 20 ms apart).
+            await asyncio.sleep(GATHER_SECONDS)
             batch, self._waiting = self._waiting, []
             ok = await self._round([command for commands, _ in batch for command in commands])
             for _, future in batch:
