@@ -61,6 +61,13 @@ class MemoryStore:
         expires, value = self._values.get(key, (0.0, None))
         return value if expires > time.monotonic() else None
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get_now(key) for key in keys]
+
+    async def set_many(self, keys: list[str], value: bytes, ttl: float) -> None:
+        for key in keys:
+            await self.set(key, value, ttl)
+
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
         self._events.pop(key, None)
@@ -109,6 +116,22 @@ class RedisStore:
 
     def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
         return redis.run("get", unknown, lambda client: client.get(key))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Each key's value in one round trip; all None when Redis cannot answer."""
+        if not keys:
+            return []
+        return await redis.arun("get", [None] * len(keys), lambda client: client.mget(keys))
+
+    async def set_many(self, keys: list[str], value: bytes, ttl: float) -> None:
+        async def op(client):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, value, px=int(ttl * 1000))
+                await pipe.execute()
+
+        if keys:
+            await redis.arun("set", None, op)
 
     def events_after_now(self, key: str, after_seq: int) -> list[bytes]:
         return redis.run("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
@@ -278,6 +301,21 @@ async def has_listener_lease(message_id: int) -> bool:
 
 async def mark_alive(message_id: int, ttl: float = ALIVE_TTL) -> None:
     await store().set(alive_key(message_id), b"1", ttl=ttl)
+
+
+# The same for every reply a process produces at once, one round trip each (chat.streaming's watch).
+
+
+async def cancels_requested(message_ids: list[int]) -> list[bool]:
+    return [value is not None for value in await store().get_many([f"af:cancel:{m}" for m in message_ids])]
+
+
+async def listener_leases(message_ids: list[int]) -> list[bool]:
+    return [value is not None for value in await store().get_many([f"af:listen:{m}" for m in message_ids])]
+
+
+async def mark_alive_many(message_ids: list[int], ttl: float = ALIVE_TTL) -> None:
+    await store().set_many([alive_key(m) for m in message_ids], b"1", ttl=ttl)
 
 
 async def is_alive(message_id: int) -> bool:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -219,7 +220,7 @@ class Generation:
     async def run(self) -> None:
         started = time.monotonic()
         publisher = asyncio.create_task(self._publish())
-        watcher = asyncio.create_task(self._watch())
+        _watch().add(self)
         self._emit("start", user_message_id=self.plan.user_message_id, model=self.plan.model.name)
         state = {"parts": [], "ttft_ms": None, "usage": None, "finish": None}
         status, error_code, error_text, http_status = Message.Status.COMPLETE, "", "", 200
@@ -246,7 +247,7 @@ class Generation:
             if self.cancel_reason is not None or state["finish"] == "cancelled":
                 status = Message.Status.CANCELLED
         finally:
-            watcher.cancel()
+            _watch().generations.discard(self)
         if self._stream_task is not None and not self._stream_task.done():
             with contextlib.suppress(BaseException):
                 await self._stream_task
@@ -380,25 +381,79 @@ class Generation:
             async for chunk in stream:
                 yield chunk
 
-    async def _watch(self) -> None:
-        """Stop on a cancel request from another process, or once nobody has
-        listened for the grace period."""
-        grace = settings.CHAT_STREAM_GRACE_SECONDS
-        alive_renewed = 0.0
-        while True:
-            if time.monotonic() - alive_renewed >= shared.ALIVE_RENEW:
-                alive_renewed = time.monotonic()
-                await shared.mark_alive(self.message_id)
-            await asyncio.sleep(WATCH_INTERVAL)
-            if settings.REDIS_URL and await shared.cancel_requested(self.message_id):
-                self.cancel()
-                return
-            now = time.monotonic()
-            if self.subscribers or await shared.has_listener_lease(self.message_id):
-                self._last_listener = now
-            elif now - self._last_listener > grace:
-                self.cancel(reason="no listener for the grace period")
-                return
+    def _check_listeners(self, lease: bool, now: float) -> None:
+        """Stop once nobody has listened (here, or through a socket's lease) for the grace period."""
+        if self.subscribers or lease:
+            self._last_listener = now
+        elif now - self._last_listener > settings.CHAT_STREAM_GRACE_SECONDS:
+            self.cancel(reason="no listener for the grace period")
+
+
+class _Watch:
+    """Every WATCH_INTERVAL, for every generation on this event loop at once: stop
+    those with a cancel request from another process, and those nobody has listened
+    to for the grace period; every ALIVE_RENEW, renew their alive marks.
+
+    One Redis round trip per check for all of them: a watcher per generation cost
+    one or two per reply four times a second, as much as streaming its tokens.
+    """
+
+    def __init__(self) -> None:
+        self.generations: set[Generation] = set()
+        self.task: asyncio.Task | None = None
+        self._alive_renewed: dict[Generation, float] = {}
+
+    def add(self, generation: Generation) -> None:
+        self.generations.add(generation)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.generations:
+            try:
+                await self._renew_alive_marks()
+                await asyncio.sleep(WATCH_INTERVAL)
+                await self._check()
+            except Exception:  # one bad check must not leave every reply unwatched
+                logger.exception("watching the replies failed")
+                await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _renew_alive_marks(self) -> None:
+        """Marks the new generations at once (their first check is a WATCH_INTERVAL away)."""
+        now = time.monotonic()
+        self._alive_renewed = {g: self._alive_renewed.get(g, 0.0) for g in self.generations}
+        due = [g for g, renewed in self._alive_renewed.items() if now - renewed >= shared.ALIVE_RENEW]
+        for generation in due:
+            self._alive_renewed[generation] = now
+        await shared.mark_alive_many([g.message_id for g in due])
+
+    async def _check(self) -> None:
+        watched = list(self.generations)
+        if settings.REDIS_URL:
+            cancels = await shared.cancels_requested([g.message_id for g in watched])
+            for generation, requested in zip(watched, cancels, strict=True):
+                if requested:
+                    generation.cancel()
+                    self.generations.discard(generation)
+            watched = [g for g in watched if g in self.generations]
+        unheard = [g for g in watched if not g.subscribers]
+        leases = dict(zip(unheard, await shared.listener_leases([g.message_id for g in unheard]), strict=True))
+        now = time.monotonic()
+        for generation in watched:
+            generation._check_listeners(leases.get(generation, False), now)
+            if generation.cancel_reason is not None:
+                self.generations.discard(generation)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch() -> _Watch:
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = _Watch()
+    return watch
 
 
 def _fallback_for(model: ModelInfo) -> ModelInfo | None:

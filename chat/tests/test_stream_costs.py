@@ -199,3 +199,48 @@ async def test_when_the_pipeline_fails_the_batch_still_goes_out_through_the_chan
     assert events[-1]["type"] == "done" and events[-1]["content"] == "still delivered"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     await ws.disconnect()
+
+
+@pytest.fixture
+def slow_model(make_model):
+    return make_model("slow", "tps-20+tokens-200", max_output_tokens=200)
+
+
+@pytest.mark.redis
+async def test_one_check_watches_every_reply_of_the_process_and_stops_the_one_cancelled_elsewhere(
+    chat_client, slow_model, monkeypatch
+):
+    """Cancel requests from another process are read for all running replies at once
+    (one round trip a check, not one per reply); the one named stops, the others go on."""
+    checks = []
+    original = shared.cancels_requested
+
+    async def counted(message_ids):
+        checks.append(sorted(message_ids))
+        return await original(message_ids)
+
+    monkeypatch.setattr(shared, "cancels_requested", counted)
+    generations = [streaming.start(await sync_to_async(_plan)(chat_client.user, "slow")) for _ in range(3)]
+    ids = sorted(g.message_id for g in generations)
+    queues = [g.subscribe() for g in generations]  # listeners, so the grace period never ends them
+    await shared.request_cancel(generations[1].message_id)  # as another process does
+    await asyncio.wait_for(generations[1].task, 5)
+    assert generations[1].final["status"] == Message.Status.CANCELLED
+    assert generations[1].final["reason"] == streaming.USER_CANCEL
+    assert not generations[0].task.done() and not generations[2].task.done()
+    assert ids in checks  # the three in one check
+    for generation, queue in zip(generations, queues, strict=True):
+        generation.unsubscribe(queue)
+
+
+async def test_a_running_reply_is_marked_alive_at_once(chat_client, slow_model):
+    generation = streaming.start(await sync_to_async(_plan)(chat_client.user, "slow"))
+    queue = generation.subscribe()
+
+    async def marked() -> None:
+        while not await shared.is_alive(generation.message_id):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(marked(), 5)
+    assert not generation.task.done()
+    generation.unsubscribe(queue)
