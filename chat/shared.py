@@ -150,6 +150,7 @@ class RedisStore:
         return info is None or info["uptime_in_seconds"] < seconds
 
 
+CLIENT_NAME = "af-shipper"  # in Redis's CLIENT LIST
 GATHER_SECONDS = 0.002  # how long a round waits for other replies' events before it is written
 
 
@@ -191,19 +192,30 @@ class Shipper:
                     future.set_result(ok)
 
     async def _round(self, commands: list[list]) -> bool:
-        try:
-            async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
-                connection = await self._connected()
-                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-                for _ in commands:
-                    await connection.read_response()  # raises on an error reply
-        except Exception as exc:
-            # Replies may be left unread: this connection cannot be trusted again.
-            if self._connection is not None:
-                await self._connection.disconnect(nowait=True)
-            redis.breaker.trip("replay append", exc)
-            return False
-        return True
+        from redis.exceptions import ConnectionError
+
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                    await self._write_and_read(commands)
+                return True
+            except Exception as exc:
+                # Replies may be left unread: this connection cannot be trusted again.
+                if self._connection is not None:
+                    await self._connection.disconnect(nowait=True)
+                # A connection Redis closed (a restart, a client kill) gets one more try at
+                # once on a fresh one, as core.redis does: the commands are safe to repeat
+                # (a member added twice is stored once; sockets drop events seen twice).
+                if attempt == 0 and isinstance(exc, ConnectionError):
+                    continue
+                redis.breaker.trip("replay append", exc)
+        return False
+
+    async def _write_and_read(self, commands: list[list]) -> None:
+        connection = await self._connected()
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        for _ in commands:
+            await connection.read_response()  # raises on an error reply
 
     async def _connected(self):
         if self._connection is None:
@@ -211,7 +223,10 @@ class Shipper:
 
             # No socket timeout: each round is timed as a whole, not each read.
             pool = aioredis.ConnectionPool.from_url(
-                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT
+                settings.REDIS_URL,
+                socket_timeout=None,
+                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                client_name=CLIENT_NAME,
             )
             self._connection = pool.make_connection()
         if not self._connection.is_connected:

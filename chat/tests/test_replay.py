@@ -89,3 +89,18 @@ async def test_an_unreachable_redis_fails_the_round_at_once(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     assert await shared.Shipper().ship([["PING"]]) is False
     assert redis.breaker.open
+
+
+@pytest.mark.redis
+async def test_a_connection_redis_closed_is_replaced_at_once_without_failing_the_round():
+    shipper = shared.Shipper()
+    assert await shipper.ship(_append_and_publish(987_730, [1], "af-test-shipper")) is True
+    connection = shipper._connection
+    await connection.send_command("CLIENT", "ID")
+    own_id = await connection.read_response()
+    # Redis closes the shipper's connection (as when it restarts); only that one: the
+    # server may be shared.
+    assert await redis.async_client().client_kill_filter(_id=str(own_id)) == 1
+    assert await shipper.ship(_append_and_publish(987_730, [2], "af-test-shipper")) is True
+    assert not redis.breaker.open
+    assert _seqs(await shared.replay_read(987_730, 0)) == [1, 2]
