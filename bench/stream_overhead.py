@@ -1,6 +1,8 @@
 """What the platform adds to a streamed reply, against calling the upstream directly.
 
     python -m bench.stream_overhead --rounds 5 --tokens 2000 [--concurrency 20] [--baseline main]
+    python -m bench.stream_overhead --setups services --paths websocket --rounds 0 \
+        --tokens 500 --tokens-per-second 50 --concurrency 20 --concurrent-rounds 5 --baseline HEAD~1
 
 Starts the fake OpenAI-compatible upstream (bench/fake_upstream.py, a process of
 its own, no latency, as fast as it can send) and the platform in production
@@ -19,6 +21,15 @@ the overhead per streamed token, ``(platform total − direct total) / tokens``
 (median over rounds, with min and max), plus the fixed per-request overhead (the
 difference in time to first token). The concurrent variant streams
 ``--concurrency`` replies at once per path and compares wall times the same way.
+
+Server CPU µs per token is the platform process's user + system CPU time over a
+measurement divided by the tokens it delivered: other load on the shared machine
+disturbs it far less than wall times, so compare that first. It is only
+load-insensitive while the server keeps up: an overloaded server reads several
+upstream events per read and looks cheaper per token. ``--tokens-per-second``
+paces the upstream (``make bench`` offers 50 a stream) so that each token arrives
+in a read of its own, as it does from a real model; ``--rounds 0`` skips the
+one-at-a-time variant, which pacing makes slow.
 
 ``--baseline REF`` also runs the platform as it is at git ``REF`` (exported to
 a temporary directory, same database) next to this checkout's, interleaved in
@@ -55,6 +66,7 @@ import orjson
 import websockets
 
 from agentsflow.testing import BASE_DIR, fresh_database_env, loopback_production_env, prepare_platform, run_server
+from bench import procs
 from bench.fake_upstream import run_fake_upstream
 from bench.machine import cpu_model, memory_kb
 
@@ -78,6 +90,7 @@ class Target:
     label: str  # e.g. "embedded" or "embedded/baseline"
     url: str
     key: str
+    pid: int  # the server process (its CPU time is read around each measurement)
     client: httpx.AsyncClient | None = None
     socket: websockets.ClientConnection | None = None
 
@@ -187,15 +200,21 @@ async def open_socket(target: Target) -> websockets.ClientConnection:
 # --- one measurement of a path (sequential, or `concurrency` at once) ----------------
 
 
+def upstream_model(tokens: int, tokens_per_second: float = 0) -> str:
+    """The fake upstream's model id for a reply of ``tokens`` tokens, paced or as fast as it can."""
+    return f"tokens-{tokens}" + (f"+tps-{tokens_per_second:g}" if tokens_per_second else "")
+
+
 class Runner:
-    def __init__(self, upstream: str, tokens: int) -> None:
+    def __init__(self, upstream: str, tokens: int, tokens_per_second: float = 0) -> None:
         self.upstream = upstream
         self.tokens = tokens
+        self.tokens_per_second = tokens_per_second
         self.direct = httpx.AsyncClient(timeout=120, trust_env=False, limits=httpx.Limits(max_connections=500))
 
     def direct_body(self) -> dict:
         return {
-            "model": f"tokens-{self.tokens}",
+            "model": upstream_model(self.tokens, self.tokens_per_second),
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": self.tokens,
             "stream": True,
@@ -235,9 +254,13 @@ class Runner:
         """One round of a path. A stream that fails (an error, a timeout, missing
         tokens) is counted, not fatal; a round with a failure gives no timing."""
         one = await self.prepare(target, path, concurrency)
+        pids = procs.tree(target.pid) if target is not None else []
+        cpu_before = procs.cpu_seconds(pids)
         started = time.perf_counter()
         results = await asyncio.gather(*(one() for _ in range(concurrency)), return_exceptions=True)
         wall = time.perf_counter() - started
+        cpu = procs.cpu_seconds(pids) - cpu_before
+        delivered = sum(r.tokens for r in results if isinstance(r, Sample))
         samples = [r for r in results if isinstance(r, Sample) and r.tokens == self.tokens]
         failures = [
             f"{r.tokens} of {self.tokens} tokens" if isinstance(r, Sample) else f"{type(r).__name__}: {r}"[:200]
@@ -250,6 +273,8 @@ class Runner:
             "ttft": statistics.median(s.ttft for s in samples) if complete else None,
             "total": statistics.median(s.total for s in samples) if complete else None,
             "streams": concurrency,
+            # Counted even when a stream failed: the CPU went into the tokens that did arrive.
+            "cpu_us_per_token": cpu / delivered * 1e6 if pids and delivered else None,
             "failed": len(failures),
             "failures": failures[:3],
             "samples": [asdict(s) for s in samples],
@@ -280,12 +305,13 @@ def production_env(tmp: Path, setup: str) -> dict[str, str]:
     return env
 
 
-def platform_env(upstream: str, tokens: int, tmp: Path, setup: str) -> dict[str, str]:
-    """``production_env`` with a model "bench" that streams ``tokens`` tokens from the fake upstream."""
+def platform_env(upstream: str, tokens: int, tmp: Path, setup: str, tokens_per_second: float = 0) -> dict[str, str]:
+    """``production_env`` with a model "bench" that streams ``tokens`` tokens from the
+    fake upstream (``tokens_per_second`` a second; 0: as fast as it can)."""
     model = {
         "name": "bench",
         "provider": "fake",
-        "upstream_model": f"tokens-{tokens}",
+        "upstream_model": upstream_model(tokens, tokens_per_second),
         "context_window": 8192,
         "max_output_tokens": tokens,
     }
@@ -334,6 +360,9 @@ def summarise(runs: list[dict], tokens: int, key: str) -> dict:
         "streams": sum(r["streams"] for r in runs),
         "failures": [f for r in runs for f in r["failures"]][:5],
     }
+    cpu = [r["cpu_us_per_token"] for r in runs if r.get("cpu_us_per_token") is not None]
+    if cpu:
+        row["cpu_us_per_token"] = _spread(cpu)
     complete = [r for r in runs if r[key]]
     if complete:
         total = statistics.median(r[key] for r in complete)
@@ -378,16 +407,20 @@ def machine_info() -> dict:
     }
 
 
-async def bench(args: argparse.Namespace, servers: list[tuple[str, str, str]], upstream: str) -> dict:
-    runner = Runner(upstream, args.tokens)
-    targets = [Target(label, url, key, client=_platform_client(key), socket=None) for label, url, key in servers]
+async def bench(args: argparse.Namespace, servers: list[tuple[str, str, str, int]], upstream: str) -> dict:
+    runner = Runner(upstream, args.tokens, args.tokens_per_second)
+    targets = [
+        Target(label, url, key, pid, client=_platform_client(key), socket=None) for label, url, key, pid in servers
+    ]
     for target in targets:
         target.socket = await open_socket(target)
     try:
         # Warm up every path once (first requests import and connect lazily).
         paths = args.paths.split(",")
         await run_rounds(runner, targets, 1, 1, log_prefix="warm-up", paths=paths)
-        sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential", paths=paths)
+        sequential = {}
+        if args.rounds > 0:
+            sequential = await run_rounds(runner, targets, args.rounds, 1, log_prefix="sequential", paths=paths)
         concurrent = {}
         if args.concurrency > 1:
             concurrent = await run_rounds(
@@ -442,7 +475,8 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         "engineers' tests and benchmarks**, so compare rows of this run, not absolute figures across runs. "
         "The client, the fake upstream and the server process share the same cores.",
         "",
-        f"{tokens} tokens per reply (the fake upstream sends one word per event, no delay); one uvicorn worker; "
+        f"{tokens} tokens per reply (the fake upstream sends one word per event, "
+        f"{f'{args.tokens_per_second:g} a second' if args.tokens_per_second else 'no delay'}); one uvicorn worker; "
         f"production settings; {args.rounds} interleaved rounds after a warm-up round.",
         "",
     ]
@@ -459,7 +493,8 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 "Overhead per token = (platform total − direct total) / tokens, per round, median (min–max). "
                 "After first = the same for the time after the first token (the per-token relay cost alone). "
                 "Fixed = time-to-first-token difference (per-request cost: auth, database writes, upstream "
-                "connection). Failed = streams that broke, stalled for "
+                "connection). Server CPU = the platform process's CPU time per token delivered, median over "
+                "the rounds (min–max). Failed = streams that broke, stalled for "
                 f"{STALL_SECONDS} s or lost tokens (rounds with one are left out of the timings).",
                 "",
             ]
@@ -469,19 +504,22 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 f"Each round starts {args.concurrency} streams on one path together; total = wall time until the "
                 f"last one ends, tokens/s = {args.concurrency} × {tokens} / wall time, TTFT = median over the streams. "
                 f"Overhead per token = (platform wall − direct wall) / ({args.concurrency} × {tokens}). "
+                "Server CPU = the platform process's CPU time per token delivered (the load-insensitive figure). "
                 f"{args.concurrent_rounds} rounds.",
                 "",
             ]
         lines += [
-            "| path | TTFT ms | total ms | tokens/s | overhead µs/token | after first µs/token | fixed ms | failed |",
-            "| --- | ---: | ---: | ---: | --- | --- | --- | ---: |",
+            "| path | server CPU µs/token | TTFT ms | total ms | tokens/s | overhead µs/token "
+            "| after first µs/token | fixed ms | failed |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- | --- | ---: |",
         ]
         for name, row in summary[mode].items():
             failed = f"{row['failed_streams']}/{row['streams']}"
+            cpu = _fmt(row["cpu_us_per_token"], 1) if "cpu_us_per_token" in row else "—"
             if "total_ms" not in row:
-                lines.append(f"| {name} | — | — | — | — | — | — | {failed} |")
+                lines.append(f"| {name} | {cpu} | — | — | — | — | — | — | {failed} |")
                 continue
-            timing = f"{row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f}"
+            timing = f"{cpu} | {row['ttft_ms']:.1f} | {row['total_ms']:.0f} | {row['tokens_per_s']:,.0f}"
             spread = row.get("overhead")
             if name == "direct" or spread is None:
                 lines.append(
@@ -494,6 +532,8 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 f"| {name} | {timing} | {_fmt(spread['us_per_token'])} | {after_first} "
                 f"| {_fmt(spread['ttft_delta_ms'], 1)} | {failed} |"
             )
+        if args.baseline:
+            lines += ["", *cpu_ratio_lines(raw[mode])]
         failures = {name: row["failures"] for name, row in summary[mode].items() if row["failures"]}
         if failures:
             lines += [
@@ -503,6 +543,25 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         lines.append("")
     text = "\n".join(lines)
     return text, {"machine": machine, "args": vars(args), "summary": summary, "raw": raw}
+
+
+def cpu_ratio_lines(cells: dict[str, list[dict]]) -> list[str]:
+    """After ÷ before server CPU per token, per round (the two ran minutes apart at
+    most, under much the same load), median (min–max): the change's effect."""
+    lines = []
+    for name, after in cells.items():
+        if not name.endswith("/after " + name.rsplit(" ", 1)[-1]):
+            continue
+        before = cells[name.replace("/after ", "/before ")]
+        ratios = [
+            a["cpu_us_per_token"] / b["cpu_us_per_token"]
+            for a, b in zip(after, before, strict=True)
+            if a.get("cpu_us_per_token") and b.get("cpu_us_per_token")
+        ]
+        if ratios:
+            label = name.replace("/after", "")
+            lines.append(f"- {label}: server CPU after ÷ before, per round: {_fmt(_spread(ratios), 3)}")
+    return lines
 
 
 def _fmt(spread: dict, digits: int = 0) -> str:
@@ -515,8 +574,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="one-at-a-time rounds (0: skip them)")
     parser.add_argument("--tokens", type=int, default=2000)
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=0, help="pace each stream at the upstream (0: as fast as it can)"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=20, help="streams at once in the concurrent variant (1: skip)"
     )
@@ -546,14 +608,14 @@ def main(argv: list[str] | None = None) -> None:
         servers = []
         for setup in setups:
             (tmp / setup).mkdir()
-            env = platform_env(upstream, args.tokens, tmp / setup, setup)
+            env = platform_env(upstream, args.tokens, tmp / setup, setup, args.tokens_per_second)
             key = prepare_platform(env).key
             for suffix, checkout in checkouts:
                 label = setup + (suffix or ("/after" if args.baseline else ""))
                 server = stack.enter_context(
                     run_server(env, cwd=checkout, log_path=logs / f"{label.replace('/', '-')}.log")
                 )
-                servers.append((label, server.url, key))
+                servers.append((label, server.url, key, server.process.pid))
                 print(f"{label}: {server.url} (pid {server.process.pid})", file=sys.stderr, flush=True)
         raw = asyncio.run(bench(args, servers, upstream))
     machine["load_average_end"] = os.getloadavg()

@@ -11,8 +11,10 @@ Redis answers again.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
+import weakref
 
 import orjson
 from django.conf import settings
@@ -59,6 +61,13 @@ class MemoryStore:
         expires, value = self._values.get(key, (0.0, None))
         return value if expires > time.monotonic() else None
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get_now(key) for key in keys]
+
+    async def set_many(self, keys: list[str], value: bytes, ttl: float) -> None:
+        for key in keys:
+            await self.set(key, value, ttl)
+
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
         self._events.pop(key, None)
@@ -84,6 +93,17 @@ class RedisStore:
 
         await redis.arun("replay append", None, op)
 
+    async def append_events_and_publish(
+        self, key: str, events: list[tuple[int, bytes]], ttl: int, channel: str, message: bytes
+    ) -> bool:
+        """``append_events``, then PUBLISH ``message`` on ``channel``, shipped with what
+        other replies on this loop hand in meanwhile; False when Redis did not take
+        them (down, or the breaker is open)."""
+        zadd = ["ZADD", key]
+        for seq, raw in events:
+            zadd += [seq, raw]
+        return await _shipper().ship([zadd, ["EXPIRE", key, ttl], ["PUBLISH", channel, message]])
+
     async def events_after(self, key: str, after_seq: int) -> list[bytes]:
         return await redis.arun("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
 
@@ -96,6 +116,22 @@ class RedisStore:
 
     def get_now(self, key: str, unknown: bytes | None = None) -> bytes | None:
         return redis.run("get", unknown, lambda client: client.get(key))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Each key's value in one round trip; all None when Redis cannot answer."""
+        if not keys:
+            return []
+        return await redis.arun("get", [None] * len(keys), lambda client: client.mget(keys))
+
+    async def set_many(self, keys: list[str], value: bytes, ttl: float) -> None:
+        async def op(client):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, value, px=int(ttl * 1000))
+                await pipe.execute()
+
+        if keys:
+            await redis.arun("set", None, op)
 
     def events_after_now(self, key: str, after_seq: int) -> list[bytes]:
         return redis.run("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
@@ -112,6 +148,101 @@ class RedisStore:
     def started_within_now(self, seconds: float) -> bool:
         info = redis.run("uptime", None, lambda client: client.info("server"))
         return info is None or info["uptime_in_seconds"] < seconds
+
+
+CLIENT_NAME = "af-shipper"  # in Redis's CLIENT LIST
+GATHER_SECONDS = 0.002  # how long a round waits for other replies' events before it is written
+
+
+class Shipper:
+    """Ships reply events (replay appends and publishes) for every generation on one
+    event loop through a Redis connection of its own: each round writes whatever the
+    generations handed in while the previous round was in flight, in one write.
+
+    The pooled client pays, per pipeline, a pool checkout that probes the socket, a
+    retry wrapper, a task to time the write and a timeout per reply: more than Redis
+    itself takes for a token. Here a round has one timeout, and under load many
+    replies share it. A round that fails trips the breaker (callers fall back).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[list[list], asyncio.Future[bool]]] = []
+        self._task: asyncio.Task | None = None
+        self._connection = None
+
+    async def ship(self, commands: list[list]) -> bool:
+        """Run ``commands`` in order, in the next round; whether Redis took every one."""
+        if redis.breaker.open:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((commands, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            # A round costs a write and wakes Redis and every subscriber, whatever it
+            # carries: let other replies hand theirs in (a model's tokens come 20 ms apart).
+            await asyncio.sleep(GATHER_SECONDS)
+            batch, self._waiting = self._waiting, []
+            ok = await self._round([command for commands, _ in batch for command in commands])
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(ok)
+
+    async def _round(self, commands: list[list]) -> bool:
+        from redis.exceptions import ConnectionError
+
+        for attempt in range(2):
+            try:
+                async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
+                    await self._write_and_read(commands)
+                return True
+            except Exception as exc:
+                # Replies may be left unread: this connection cannot be trusted again.
+                if self._connection is not None:
+                    await self._connection.disconnect(nowait=True)
+                # A connection Redis closed (a restart, a client kill) gets one more try at
+                # once on a fresh one, as core.redis does: the commands are safe to repeat
+                # (a member added twice is stored once; sockets drop events seen twice).
+                if attempt == 0 and isinstance(exc, ConnectionError):
+                    continue
+                redis.breaker.trip("replay append", exc)
+        return False
+
+    async def _write_and_read(self, commands: list[list]) -> None:
+        connection = await self._connected()
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        for _ in commands:
+            await connection.read_response()  # raises on an error reply
+
+    async def _connected(self):
+        if self._connection is None:
+            import redis.asyncio as aioredis
+
+            # No socket timeout: each round is timed as a whole, not each read.
+            pool = aioredis.ConnectionPool.from_url(
+                settings.REDIS_URL,
+                socket_timeout=None,
+                socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                client_name=CLIENT_NAME,
+            )
+            self._connection = pool.make_connection()
+        if not self._connection.is_connected:
+            await self._connection.connect()
+        return self._connection
+
+
+_shippers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Shipper] = weakref.WeakKeyDictionary()
+
+
+def _shipper() -> Shipper:
+    loop = asyncio.get_running_loop()
+    shipper = _shippers.get(loop)
+    if shipper is None:
+        shipper = _shippers[loop] = Shipper()
+    return shipper
 
 
 _store: MemoryStore | RedisStore | None = None
@@ -150,6 +281,18 @@ async def replay_append_encoded(message_id: int, encoded: list[tuple[int, bytes]
     await store().append_events(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS)
 
 
+async def replay_append_and_publish(
+    message_id: int, encoded: list[tuple[int, bytes]], channel: str, message: bytes
+) -> bool:
+    """``replay_append_encoded``, then a Redis PUBLISH of ``message`` on ``channel``, in
+    one pipeline: one round trip per batch instead of two. Redis runs them in order, so
+    whoever hears the message finds its events in the replay buffer. False when Redis
+    did not take them (the caller publishes another way; the append is lost, as
+    replay_append_encoded loses it in an outage). Needs Redis (RedisStore)."""
+    append = store().append_events_and_publish
+    return await append(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS, channel, message)
+
+
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:
     """Events with seq > after_seq, in order (whatever an outage lost is skipped)."""
     return [orjson.loads(raw) for raw in await store().events_after(replay_key(message_id), after_seq)]
@@ -173,6 +316,21 @@ async def has_listener_lease(message_id: int) -> bool:
 
 async def mark_alive(message_id: int, ttl: float = ALIVE_TTL) -> None:
     await store().set(alive_key(message_id), b"1", ttl=ttl)
+
+
+# The same for every reply a process produces at once, one round trip each (chat.streaming's watch).
+
+
+async def cancels_requested(message_ids: list[int]) -> list[bool]:
+    return [value is not None for value in await store().get_many([f"af:cancel:{m}" for m in message_ids])]
+
+
+async def listener_leases(message_ids: list[int]) -> list[bool]:
+    return [value is not None for value in await store().get_many([f"af:listen:{m}" for m in message_ids])]
+
+
+async def mark_alive_many(message_ids: list[int], ttl: float = ALIVE_TTL) -> None:
+    await store().set_many([alive_key(m) for m in message_ids], b"1", ttl=ttl)
 
 
 async def is_alive(message_id: int) -> bool:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -78,6 +79,35 @@ def _layer_send_succeeded() -> None:
     if _layer_failing:
         logger.warning("channel layer send works again")
     _layer_failing = False
+
+
+async def _group_send(layer, group: str, message: dict) -> None:
+    try:
+        await layer.group_send(group, message)
+    except Exception as exc:  # a dead channel layer must not stop the reply
+        _layer_send_failed(exc)
+    else:
+        _layer_send_succeeded()
+
+
+def _pubsub_channel(layer, group: str) -> str | None:
+    """The Redis pub/sub channel that ``layer.group_send(group, …)`` publishes on, when
+    the layer is channels-redis's pub/sub layer on core.redis's server alone: a
+    generation then publishes its batches itself, in the pipeline that appends them
+    to the replay buffer. None for any other layer (it gets group_send)."""
+    config = settings.CHANNEL_LAYERS["default"]
+    hosts = config.get("CONFIG", {}).get("hosts") or []
+    if (
+        layer is None
+        or not settings.REDIS_URL
+        or config["BACKEND"] != "channels_redis.pubsub.RedisPubSubChannelLayer"
+        or len(hosts) != 1
+        or (hosts[0]["address"] if isinstance(hosts[0], dict) else hosts[0]) != settings.REDIS_URL
+    ):
+        return None
+    # The layer's own naming (channels-redis is pinned; the WebSocket tests would see
+    # no events if it changed): one host, so no sharding to follow.
+    return layer._get_group_channel_name(group)
 
 
 def conversation_group(conversation_id: int) -> str:
@@ -151,9 +181,11 @@ class Generation:
     async def _publish(self) -> None:
         """Ship events to the replay buffer and the channel group, batching whatever
         accumulated while the previous batch was in flight (one Redis round trip
-        per batch, not per token)."""
+        per batch, not per token, when the channel layer publishes on core.redis's
+        server; two otherwise)."""
         layer = get_channel_layer()
         group = conversation_group(self.conversation_id)
+        channel = _pubsub_channel(layer, group)
         finished = False
         while not finished:
             batch = [await self._outbox.get()]
@@ -167,15 +199,20 @@ class Generation:
             # Encoded once: the replay buffer stores these bytes and the sockets send
             # them as they are (JSON lines; orjson escapes newlines inside strings).
             encoded = [(event["seq"], orjson.dumps(event)) for event in batch]
-            await shared.replay_append_encoded(self.message_id, encoded)
-            if layer is not None:
-                packed = b"\n".join(raw for _, raw in encoded)
-                try:
-                    await layer.group_send(group, {"type": "chat.events", "packed": packed})
-                except Exception as exc:  # a dead channel layer must not stop the reply
-                    _layer_send_failed(exc)
-                else:
-                    _layer_send_succeeded()
+            message = {"type": "chat.events", "packed": b"\n".join(raw for _, raw in encoded)}
+            if channel is not None:
+                shipped = await shared.replay_append_and_publish(
+                    self.message_id, encoded, channel, layer.serialize(message)
+                )
+            else:
+                await shared.replay_append_encoded(self.message_id, encoded)
+                shipped = False
+            if shipped:
+                _layer_send_succeeded()
+            elif layer is not None:
+                # Redis refused the pipeline (or the breaker is open): the layer's own
+                # connection may still get the events to the sockets, as before.
+                await _group_send(layer, group, message)
             self._published += len(batch)
 
     # --- the run ---------------------------------------------------------------------------
@@ -183,7 +220,7 @@ class Generation:
     async def run(self) -> None:
         started = time.monotonic()
         publisher = asyncio.create_task(self._publish())
-        watcher = asyncio.create_task(self._watch())
+        _watch().add(self)
         self._emit("start", user_message_id=self.plan.user_message_id, model=self.plan.model.name)
         state = {"parts": [], "ttft_ms": None, "usage": None, "finish": None}
         status, error_code, error_text, http_status = Message.Status.COMPLETE, "", "", 200
@@ -210,7 +247,7 @@ class Generation:
             if self.cancel_reason is not None or state["finish"] == "cancelled":
                 status = Message.Status.CANCELLED
         finally:
-            watcher.cancel()
+            _watch().generations.discard(self)
         if self._stream_task is not None and not self._stream_task.done():
             with contextlib.suppress(BaseException):
                 await self._stream_task
@@ -344,29 +381,79 @@ class Generation:
             async for chunk in stream:
                 yield chunk
 
-    async def _watch(self) -> None:
-        """Stop on a cancel request from another process, or once nobody has
-        listened for the grace period."""
-        grace = settings.CHAT_STREAM_GRACE_SECONDS
-        shared_cancels = bool(settings.REDIS_URL)
-        # The first alive mark waits one renewal period: a reply younger than a mark's
-        # lifetime is never taken for orphaned (chat.sweeper.MIN_AGE), and most replies
-        # of a fast model end before then, saving them the Redis round trip.
-        alive_renewed = time.monotonic()
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            if time.monotonic() - alive_renewed >= shared.ALIVE_RENEW:
-                alive_renewed = time.monotonic()
-                await shared.mark_alive(self.message_id)
-            if shared_cancels and await shared.cancel_requested(self.message_id):
-                self.cancel()
-                return
-            now = time.monotonic()
-            if self.subscribers or await shared.has_listener_lease(self.message_id):
-                self._last_listener = now
-            elif now - self._last_listener > grace:
-                self.cancel(reason="no listener for the grace period")
-                return
+    def _check_listeners(self, lease: bool, now: float) -> None:
+        """Stop once nobody has listened (here, or through a socket's lease) for the grace period."""
+        if self.subscribers or lease:
+            self._last_listener = now
+        elif now - self._last_listener > settings.CHAT_STREAM_GRACE_SECONDS:
+            self.cancel(reason="no listener for the grace period")
+
+
+class _Watch:
+    """Every WATCH_INTERVAL, for every generation on this event loop at once: stop
+    those with a cancel request from another process, and those nobody has listened
+    to for the grace period; every ALIVE_RENEW, renew their alive marks.
+
+    One Redis round trip per check for all of them: a watcher per generation cost
+    one or two per reply four times a second, as much as streaming its tokens.
+    """
+
+    def __init__(self) -> None:
+        self.generations: set[Generation] = set()
+        self.task: asyncio.Task | None = None
+        self._alive_renewed: dict[Generation, float] = {}
+
+    def add(self, generation: Generation) -> None:
+        self.generations.add(generation)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.generations:
+            try:
+                await self._renew_alive_marks()
+                await asyncio.sleep(WATCH_INTERVAL)
+                await self._check()
+            except Exception:  # one bad check must not leave every reply unwatched
+                logger.exception("watching the replies failed")
+                await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _renew_alive_marks(self) -> None:
+        """Marks the new generations at once (their first check is a WATCH_INTERVAL away)."""
+        now = time.monotonic()
+        self._alive_renewed = {g: self._alive_renewed.get(g, 0.0) for g in self.generations}
+        due = [g for g, renewed in self._alive_renewed.items() if now - renewed >= shared.ALIVE_RENEW]
+        for generation in due:
+            self._alive_renewed[generation] = now
+        await shared.mark_alive_many([g.message_id for g in due])
+
+    async def _check(self) -> None:
+        watched = list(self.generations)
+        if settings.REDIS_URL:
+            cancels = await shared.cancels_requested([g.message_id for g in watched])
+            for generation, requested in zip(watched, cancels, strict=True):
+                if requested:
+                    generation.cancel()
+                    self.generations.discard(generation)
+            watched = [g for g in watched if g in self.generations]
+        unheard = [g for g in watched if not g.subscribers]
+        leases = dict(zip(unheard, await shared.listener_leases([g.message_id for g in unheard]), strict=True))
+        now = time.monotonic()
+        for generation in watched:
+            generation._check_listeners(leases.get(generation, False), now)
+            if generation.cancel_reason is not None:
+                self.generations.discard(generation)
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
+
+
+def _watch() -> _Watch:
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = _Watch()
+    return watch
 
 
 def _fallback_for(model: ModelInfo) -> ModelInfo | None:

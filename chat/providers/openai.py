@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
+from chat.providers.asyncio_network import pooled_transport
 from chat.providers.base import (
     Chunk,
     CompletionRequest,
@@ -54,7 +55,7 @@ def http_client() -> httpx.AsyncClient:
             # A client holds its loop alive through its connections; forget those of closed loops.
             for stale in [other for other in _clients if other.is_closed()]:
                 del _clients[stale]
-            client = _clients[loop] = httpx.AsyncClient(limits=POOL_LIMITS, follow_redirects=False)
+            client = _clients[loop] = httpx.AsyncClient(transport=pooled_transport(POOL_LIMITS), follow_redirects=False)
     return client
 
 
@@ -190,7 +191,7 @@ class OpenAIProvider:
                 async for data in events:
                     if done:
                         continue  # read to the end of the body, so the connection goes back to the pool
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         continue
                     event = orjson.loads(data)
@@ -229,19 +230,52 @@ class OpenAIProvider:
         yield Chunk(finish_reason=finish, usage=_usage(body.get("usage")) or _estimated_usage(request, [content]))
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+class SSEDataParser:
+    """The data of server-sent events, from a body that arrives in pieces of bytes.
+
+    ``feed`` returns the data of every event a piece completes (the values of its
+    ``data:`` lines, joined by newlines; events without one carry nothing and are
+    skipped, as are comments and other fields); ``close`` returns the last one when
+    the body ends without a blank line. Lines may end with CRLF, LF or CR, split
+    anywhere between pieces. Bytes, not text: the events are JSON, which orjson
+    reads (and checks as UTF-8) itself, so nothing is decoded twice.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of an event whose blank line has not come yet
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        pending = self._pending + piece
+        if b"\r" in pending:
+            # A CR at the very end may be the first half of a CRLF: keep it for the next piece.
+            held = pending.endswith(b"\r")
+            pending = pending[:-1] if held else pending
+            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
+        *events, self._pending = pending.split(b"\n\n")
+        return [data for event in events if (data := _event_data(event)) is not None]
+
+    def close(self) -> list[bytes]:
+        rest, self._pending = self._pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), b""
+        return [data for event in rest.split(b"\n\n") if (data := _event_data(event)) is not None]
+
+
+def _event_data(event: bytes) -> bytes | None:
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the usual event: one data line
+    values = [
+        line[6:] if line.startswith(b"data: ") else line[5:] for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
+    return b"\n".join(values) if values else None
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
     """The data of each server-sent event; other fields and comments carry nothing we use."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
-    if lines:
-        yield "\n".join(lines)
+    parser = SSEDataParser()
+    async for piece in response.aiter_bytes():
+        for data in parser.feed(piece):
+            yield data
+    for data in parser.close():
+        yield data
 
 
 def _first_choice(event: dict[str, Any]) -> tuple[str, FinishReason | None]:

@@ -8,6 +8,7 @@ and after, since one server serves the whole module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import runpy
 import socket
 import time
@@ -16,12 +17,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from bench.fake_upstream import parse_behaviour, run_fake_upstream, split_words, upstream_stats
+from bench.fake_upstream import default_reply, parse_behaviour, run_fake_upstream, split_words, upstream_stats
 from chat.providers import get_provider
 from chat.providers.base import (
     ChatMessage,
@@ -35,7 +37,7 @@ from chat.providers.base import (
     estimate_tokens,
 )
 from chat.providers.local import LocalProvider
-from chat.providers.openai import OpenAIProvider, close_http_client, http_client
+from chat.providers.openai import OpenAIProvider, SSEDataParser, close_http_client, http_client
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +248,112 @@ async def test_a_stall_mid_stream_is_a_timeout(upstream):
     assert deltas == ["The "]
 
 
+# --- reading server-sent events ----------------------------------------------------------
+
+SSE_BODY = (
+    b": keep-alive comment\r\n\r\n"
+    b'data: {"n": 1}\r\n\r\n'
+    b"event: message\nid: 7\nretry: 1000\n"
+    b'data: {"n":\ndata: 2}\n\n'
+    b'data:{"n": 3}\r\r'
+    b"\n\n\n"
+    b"data: [DONE]\n\n"
+)
+SSE_DATA = [b'{"n": 1}', b'{"n":\n2}', b'{"n": 3}', b"[DONE]"]
+
+
+def test_sse_events_are_the_same_however_the_body_is_cut():
+    """Comments, other fields, multi-line data, CRLF, CR and LF line ends, extra blank
+    lines: cut the body at every pair of places, the events stay the same."""
+    for first in range(len(SSE_BODY) + 1):
+        for second in range(first, len(SSE_BODY) + 1, 7):
+            parser = SSEDataParser()
+            pieces = [SSE_BODY[:first], SSE_BODY[first:second], SSE_BODY[second:]]
+            events = [data for piece in pieces for data in parser.feed(piece)] + parser.close()
+            assert events == SSE_DATA, (first, second)
+
+
+def test_sse_several_events_in_one_piece_and_a_last_one_without_its_blank_line():
+    parser = SSEDataParser()
+    assert parser.feed(b"data: a\n\ndata: b\n\ndata: c") == [b"a", b"b"]
+    assert parser.close() == [b"c"]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(pieces: list[bytes]) -> AsyncIterator[str]:
+    """A server on a real socket that answers every request with ``pieces``, each one
+    HTTP chunk written on its own, a moment apart (so most arrive in reads of their own)."""
+
+    answers = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answers.append(asyncio.current_task())
+        with contextlib.suppress(ConnectionError):  # the client may hang up first
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for piece in pieces:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        await asyncio.gather(*answers, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+
+
+def _delta_event(content: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"choices": [choice]})
+
+
+async def test_events_split_across_reads_and_packed_into_one_arrive_whole_and_in_order():
+    body = (
+        b": ping\r\n\r\n"
+        + _delta_event("Hel")
+        + b"\r\n\r\n"
+        + _delta_event("lo ")
+        + b"\n\n"
+        + _delta_event("wor")
+        + b"\n\n"
+        + _delta_event("ld", "stop")
+        + b"\n\n"
+        + b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+    # Cut mid-event, mid-CRLF and mid-"data:"; the last piece holds several events.
+    cuts = [5, 30, body.index(b"\r\n\r\n", 30) + 1, body.index(b"lo ") + 2, body.index(b"wor")]
+    assert cuts == sorted(cuts)
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    async with raw_upstream(pieces) as base_url:
+        chunks = await collect(make_provider(base_url).stream(make_request("any")))
+    assert [chunk.delta for chunk in chunks] == ["Hel", "lo ", "wor", "ld", ""]
+    assert chunks[-1] == Chunk(finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=4))
+
+
+async def test_a_malformed_json_event_is_a_provider_error_naming_it():
+    pieces = [_delta_event("ok") + b"\n\n", b'data: {"choices": [\n\n', b"data: [DONE]\n\n"]
+    deltas = []
+    async with raw_upstream(pieces) as base_url:
+        with pytest.raises(ProviderFailed, match="fake: unreadable stream event"):
+            async for chunk in make_provider(base_url).stream(make_request("any")):
+                deltas.append(chunk.delta)
+    assert deltas == ["ok"]
+
+
+async def test_events_after_done_are_read_but_ignored():
+    pieces = [_delta_event("only", "stop") + b"\n\ndata: [DONE]\n\n", _delta_event("late") + b"\n\n"]
+    async with raw_upstream(pieces) as base_url:
+        chunks = await collect(make_provider(base_url).stream(make_request("any")))
+    assert [chunk.delta for chunk in chunks] == ["only", ""]
+
+
 # --- cancellation closes the upstream request ------------------------------------------
 
 
@@ -312,6 +420,51 @@ async def test_one_client_per_event_loop_reuses_its_connections(upstream):
         return other
 
     assert await asyncio.to_thread(asyncio.run, client_of_another_loop()) is not client
+
+
+async def test_a_connection_the_upstream_closed_while_idle_is_not_reused():
+    """The upstream hangs up after each answer (as servers do with idle keep-alive
+    connections): the next request must see it and open a new connection, not fail."""
+    connections = []
+    answered = asyncio.Event()
+
+    async def answer_once_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        answered.set()
+
+    server = await asyncio.start_server(answer_once_then_hang_up, "127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    provider = make_provider(base_url, retries=0)
+    try:
+        for _ in range(3):
+            answered.clear()
+            chunks = await collect(provider.stream(make_request("any")))
+            assert chunks[0].delta == "hi" and chunks[-1].finish_reason == "stop"
+            await answered.wait()
+            await asyncio.sleep(0.05)  # the client's loop takes in the hang-up
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(connections) == 3
+
+
+async def test_a_reader_slower_than_the_upstream_still_gets_every_token_in_order(upstream):
+    """While the reader waits, what arrives piles up to a limit, then the socket is
+    no longer read until the reader catches up (flow control): nothing is lost."""
+    deltas = []
+    async for chunk in make_provider(upstream).stream(make_request("tokens-20000", max_tokens=20000)):
+        if len(deltas) == 1:
+            await asyncio.sleep(0.3)  # the upstream sends megabytes meanwhile
+        deltas.append(chunk.delta)
+    assert len(deltas) == 20001 and deltas[-1] == ""
+    assert "".join(deltas) == "".join(default_reply(20000))
 
 
 # --- the fake upstream itself ------------------------------------------------------------

@@ -9,6 +9,7 @@ import asyncio
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 
 from bench.fake_upstream import run_fake_upstream
 from chat import registry, services, shared, streaming
@@ -119,16 +120,20 @@ async def test_messages_reach_the_consumer_without_a_hop_to_the_sync_thread(chat
 
 def _slow_replay(monkeypatch, delay: float, *, stall_after: int | None = None) -> None:
     """Make each replay-buffer write take ``delay`` (or never end after ``stall_after`` writes),
-    as a loaded Redis does; the publisher waits for it before the channel group send."""
-    original = shared.replay_append_encoded
+    as a loaded Redis does; the publisher waits for it before the channel group send
+    (or with Redis, publishes in the same pipeline)."""
     writes = []
 
-    async def slow(message_id, encoded):
-        writes.append(1)
-        await asyncio.sleep(3600 if stall_after is not None and len(writes) > stall_after else delay)
-        await original(message_id, encoded)
+    def slowed(original):
+        async def slow(*args):
+            writes.append(1)
+            await asyncio.sleep(3600 if stall_after is not None and len(writes) > stall_after else delay)
+            return await original(*args)
 
-    monkeypatch.setattr(shared, "replay_append_encoded", slow)
+        return slow
+
+    monkeypatch.setattr(shared, "replay_append_encoded", slowed(shared.replay_append_encoded))
+    monkeypatch.setattr(shared, "replay_append_and_publish", slowed(shared.replay_append_and_publish))
 
 
 async def test_a_publisher_behind_the_model_still_ships_the_end(chat_client, echo_model, monkeypatch):
@@ -156,3 +161,86 @@ async def test_a_stalled_publisher_is_given_up_and_the_reply_still_stored(chat_c
     assert "publishing stalled" in caplog.text
     reply = await Message.objects.aget(pk=plan.assistant_message_id)
     assert reply.status == Message.Status.COMPLETE and reply.content == "go"
+
+
+@pytest.mark.redis
+async def test_with_redis_a_batch_is_published_in_the_replay_append_pipeline(chat_client, echo_model, monkeypatch):
+    """One round trip per batch: the channel layer's group_send is not used while Redis
+    takes the pipeline, and the socket still gets every event once, in order."""
+    layer = get_channel_layer()
+    group_sends = []
+
+    async def counted(group, message):
+        group_sends.append(group)
+
+    monkeypatch.setattr(layer._get_layer(), "group_send", counted)
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "one two three four five", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    assert events[-1]["type"] == "done" and events[-1]["content"] == "one two three four five"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert group_sends == []
+    await ws.disconnect()
+
+
+@pytest.mark.redis
+async def test_when_the_pipeline_fails_the_batch_still_goes_out_through_the_channel_layer(
+    chat_client, echo_model, monkeypatch
+):
+    async def refused(*args):
+        return False
+
+    monkeypatch.setattr(shared, "replay_append_and_publish", refused)
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "still delivered", "model": "echo"})
+    accepted = await receive(ws)
+    events = await until_final(ws, accepted["message_id"])
+    assert events[-1]["type"] == "done" and events[-1]["content"] == "still delivered"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    await ws.disconnect()
+
+
+@pytest.fixture
+def slow_model(make_model):
+    return make_model("slow", "tps-20+tokens-200", max_output_tokens=200)
+
+
+@pytest.mark.redis
+async def test_one_check_watches_every_reply_of_the_process_and_stops_the_one_cancelled_elsewhere(
+    chat_client, slow_model, monkeypatch
+):
+    """Cancel requests from another process are read for all running replies at once
+    (one round trip a check, not one per reply); the one named stops, the others go on."""
+    checks = []
+    original = shared.cancels_requested
+
+    async def counted(message_ids):
+        checks.append(sorted(message_ids))
+        return await original(message_ids)
+
+    monkeypatch.setattr(shared, "cancels_requested", counted)
+    generations = [streaming.start(await sync_to_async(_plan)(chat_client.user, "slow")) for _ in range(3)]
+    ids = sorted(g.message_id for g in generations)
+    queues = [g.subscribe() for g in generations]  # listeners, so the grace period never ends them
+    await shared.request_cancel(generations[1].message_id)  # as another process does
+    await asyncio.wait_for(generations[1].task, 5)
+    assert generations[1].final["status"] == Message.Status.CANCELLED
+    assert generations[1].final["reason"] == streaming.USER_CANCEL
+    assert not generations[0].task.done() and not generations[2].task.done()
+    assert ids in checks  # the three in one check
+    for generation, queue in zip(generations, queues, strict=True):
+        generation.unsubscribe(queue)
+
+
+async def test_a_running_reply_is_marked_alive_at_once(chat_client, slow_model):
+    generation = streaming.start(await sync_to_async(_plan)(chat_client.user, "slow"))
+    queue = generation.subscribe()
+
+    async def marked() -> None:
+        while not await shared.is_alive(generation.message_id):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(marked(), 5)
+    assert not generation.task.done()
+    generation.unsubscribe(queue)
