@@ -109,11 +109,17 @@ class WebSocketSendDeadline:
         if scope["type"] != "websocket":
             return await self.app(scope, receive, send)
         dropped = False
+        # uvicorn's send waits only while its transport is paused (``writable`` clear):
+        # a send that cannot wait needs no timer, and most sends are such (a timeout
+        # context per frame was a tenth of the cost of streaming a token).
+        writable = getattr(getattr(send, "__self__", None), "writable", None)
 
         async def send_within_deadline(message) -> None:
             nonlocal dropped
             if dropped:
                 return
+            if writable is not None and writable.is_set():
+                return await send(message)
             try:
                 async with asyncio.timeout(settings.WS_SEND_TIMEOUT):
                     await send(message)
