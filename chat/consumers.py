@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import time
-import weakref
 
 import orjson
 from channels.consumer import get_handler_name
@@ -37,6 +36,7 @@ from chat.serializers import SendSerializer, content_too_long
 from core import metrics, redis
 from core.asgi import CLOSE_TRY_AGAIN
 from core.exceptions import _flatten_details, database_error_as_api_exception
+from core.loops import per_event_loop
 from core.models import APIKey
 from core.parsers import too_deep
 
@@ -428,14 +428,7 @@ class _LayerWatch:
                         await consumer.close(code=CLOSE_TRY_AGAIN)
 
 
-_layer_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LayerWatch] = weakref.WeakKeyDictionary()
-
-
-def _layer_watch() -> _LayerWatch:
-    loop = asyncio.get_running_loop()
-    if loop not in _layer_watches:
-        _layer_watches[loop] = _LayerWatch()
-    return _layer_watches[loop]
+_layer_watch = per_event_loop(_LayerWatch)
 
 
 async def _redis_answers() -> bool:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-import weakref
 
 import orjson
 from django.conf import settings
 
 from core import redis
+from core.loops import per_event_loop
 
 
 class MemoryStore:
@@ -234,15 +234,7 @@ class Shipper:
         return self._connection
 
 
-_shippers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Shipper] = weakref.WeakKeyDictionary()
-
-
-def _shipper() -> Shipper:
-    loop = asyncio.get_running_loop()
-    shipper = _shippers.get(loop)
-    if shipper is None:
-        shipper = _shippers[loop] = Shipper()
-    return shipper
+_shipper = per_event_loop(Shipper)
 
 
 _store: MemoryStore | RedisStore | None = None

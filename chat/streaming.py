@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -42,6 +41,7 @@ from chat.registry import ModelInfo, find_model
 from chat.services import SendPlan, assistant_finish
 from core import metrics, quotas
 from core.db import database_sync_to_async
+from core.loops import per_event_loop
 
 logger = logging.getLogger("agentsflow.chat")
 
@@ -445,15 +445,7 @@ class _Watch:
                 self.generations.discard(generation)
 
 
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
-
-
-def _watch() -> _Watch:
-    loop = asyncio.get_running_loop()
-    watch = _watches.get(loop)
-    if watch is None:
-        watch = _watches[loop] = _Watch()
-    return watch
+_watch = per_event_loop(_Watch)
 
 
 def _fallback_for(model: ModelInfo) -> ModelInfo | None:
