@@ -15,7 +15,7 @@ CONVERSATION_LIST_FIELDS = ("id", "title", "model_name", "created_at", "updated_
 def conversation_list(*, user) -> QuerySet:
     """The guide's query: a user's conversations, newest updated first (served by
     idx_conversations_user_updated), as dicts of the list's fields: building model
-    instances and serializing them with DRF was two thirds of a page's CPU."""
+    instances and serializing them with DRF was half of a page's CPU."""
     return Conversation.objects.filter(user=user).order_by("-updated_at", "-id").values(*CONVERSATION_LIST_FIELDS)
 
 
