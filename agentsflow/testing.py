@@ -88,7 +88,15 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
+def _websocket_protocol(checkout: Path) -> str:
+    """ops/run-asgi.sh's WebSocket protocol, or uvicorn's own for a checkout from
+    before agentsflow/uvicorn_ws.py (benchmarks run older checkouts beside this one)."""
+    if (checkout / "agentsflow" / "uvicorn_ws.py").exists():
+        return "agentsflow.uvicorn_ws:WebSocketProtocol"
+    return "websockets-sansio"
+
+
+def server_command(kind: str, port: int, workers: int = 1, checkout: Path = BASE_DIR) -> list[str]:
     """The command line for one of the supported servers (see README, "Serving")."""
     if kind == "uvicorn":
         return [
@@ -111,7 +119,7 @@ def server_command(kind: str, port: int, workers: int = 1) -> list[str]:
             # As ops/run-asgi.sh: the production protocol, no per-message deflate (its
             # zlib state stays with every socket).
             "--ws",
-            "agentsflow.uvicorn_ws:WebSocketProtocol",
+            _websocket_protocol(checkout),
             "--ws-per-message-deflate",
             "false",
         ]
@@ -168,7 +176,7 @@ def run_server(
     full_env.pop("DJANGO_SETTINGS_MODULE", None)
     full_env["DJANGO_SETTINGS_MODULE"] = "agentsflow.settings"
     log_path = log_path or Path(tempfile.gettempdir()) / f"agentsflow-server-{port}.log"
-    process = start_process(server_command(kind, port, workers), env=full_env, log_path=log_path, cwd=cwd)
+    process = start_process(server_command(kind, port, workers, cwd), env=full_env, log_path=log_path, cwd=cwd)
     server = Server(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
     try:
         wait_until_up(server, ready_path, timeout)
