@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +44,31 @@ def memory_kb() -> int:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def _load_text() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_started() -> dict:
+    """When and where a benchmark runs (``run_ended`` adds the load at its end)."""
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": f"{os.cpu_count()} cores ({cpu_model()})",
+        "load_start": _load_text(),
+    }
+
+
+def run_ended(machine: dict) -> None:
+    machine["load_end"] = _load_text()
+
+
+def run_line(command: str, machine: dict) -> str:
+    """The report's first line: the command, when, the CPU and the load around the run."""
+    return (
+        f"`{command}`: {machine['when']}, {machine['cpu']}, "
+        f"load average {machine['load_start']} at the start and {machine['load_end']} at the end."
+    )
 
 
 def describe(database_url: str, redis_url: str) -> dict:

@@ -34,10 +34,8 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -45,8 +43,8 @@ import httpx
 from agentsflow.testing import BASE_DIR, prepare_platform, run_server
 from bench import procs, wrk
 from bench.fake_upstream import run_fake_upstream
-from bench.machine import cpu_model
-from bench.stream_overhead import baseline_checkout, platform_env
+from bench.machine import run_ended, run_line, run_started
+from bench.stream_overhead import baseline_checkout, platform_env, spread
 
 RESULTS = BASE_DIR / "bench" / "results"
 TOKENS = 16
@@ -103,15 +101,15 @@ def measure(url: str, pid: int, requests_file: Path, args) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    def spread(key: str) -> dict:
+    def of(key: str) -> dict:
         values = [r[key] for r in runs if r[key] is not None]
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)} if values else {}
+        return spread(values) if values else {}
 
     return {
-        "rps": spread("rps"),
-        "cpu_ms": spread("cpu_ms"),
-        "p50_ms": spread("p50_ms"),
-        "p99_ms": spread("p99_ms"),
+        "rps": of("rps"),
+        "cpu_ms": of("cpu_ms"),
+        "p50_ms": of("p50_ms"),
+        "p99_ms": of("p99_ms"),
         "errors": sum(r["errors"] for r in runs),
     }
 
@@ -120,8 +118,7 @@ def report(args, machine: dict, summaries: dict[str, dict]) -> str:
     lines = [
         f"# Request cost: {args.request}",
         "",
-        f"`python -m bench.request_cost {' '.join(sys.argv[1:])}`: {machine['when']}, {machine['cpu']}, "
-        f"load average {machine['load_start']} at the start and {machine['load_end']} at the end.",
+        run_line(f"python -m bench.request_cost {' '.join(sys.argv[1:])}", machine),
         "",
         f"{REQUESTS[args.request]}; one {SERVERS[args.request]} worker, production settings, "
         f"PostgreSQL + Redis, the fake upstream at zero latency ({TOKENS} tokens a reply). "
@@ -163,11 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
         parser.error("needs DATABASE_URL and REDIS_URL")
 
-    machine = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": f"{os.cpu_count()} cores ({cpu_model()})",
-        "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    machine = run_started()
     runs: dict[str, list[dict]] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="request-cost-")))
@@ -204,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    machine["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    run_ended(machine)
     summaries = {label: summarise(label_runs) for label, label_runs in runs.items()}
     text = report(args, machine, summaries)
     print(text)

@@ -342,15 +342,15 @@ def overheads(platform_runs: list[dict], direct_runs: list[dict], tokens: int, k
     if not pairs:
         return None
     return {
-        "us_per_token": _spread([(p[key] - d[key]) / tokens * 1e6 for p, d in pairs]),
-        "us_per_token_after_first": _spread(
+        "us_per_token": spread([(p[key] - d[key]) / tokens * 1e6 for p, d in pairs]),
+        "us_per_token_after_first": spread(
             [((p["total"] - p["ttft"]) - (d["total"] - d["ttft"])) / (tokens - 1) * 1e6 for p, d in pairs]
         ),
-        "ttft_delta_ms": _spread([(p["ttft"] - d["ttft"]) * 1000 for p, d in pairs]),
+        "ttft_delta_ms": spread([(p["ttft"] - d["ttft"]) * 1000 for p, d in pairs]),
     }
 
 
-def _spread(values: list[float]) -> dict:
+def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -362,7 +362,7 @@ def summarise(runs: list[dict], tokens: int, key: str) -> dict:
     }
     cpu = [r["cpu_us_per_token"] for r in runs if r.get("cpu_us_per_token") is not None]
     if cpu:
-        row["cpu_us_per_token"] = _spread(cpu)
+        row["cpu_us_per_token"] = spread(cpu)
     complete = [r for r in runs if r[key]]
     if complete:
         total = statistics.median(r[key] for r in complete)
@@ -560,7 +560,7 @@ def cpu_ratio_lines(cells: dict[str, list[dict]]) -> list[str]:
         ]
         if ratios:
             label = name.replace("/after", "")
-            lines.append(f"- {label}: server CPU after ÷ before, per round: {_fmt(_spread(ratios), 3)}")
+            lines.append(f"- {label}: server CPU after ÷ before, per round: {_fmt(spread(ratios), 3)}")
     return lines
 
 

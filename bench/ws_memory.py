@@ -41,7 +41,7 @@ from pathlib import Path
 
 from agentsflow.testing import BASE_DIR, fresh_database_env, loopback_production_env, prepare_platform
 from bench import procs, ws
-from bench.machine import cpu_model
+from bench.machine import run_ended, run_line, run_started
 from bench.platform import Platform, run_platform
 from bench.stream_overhead import baseline_checkout
 
@@ -205,8 +205,7 @@ def report(args, machine: dict, runs: dict[str, list[dict]]) -> str:
     lines = [
         "# Memory per held WebSocket",
         "",
-        f"`python -m bench.ws_memory {' '.join(sys.argv[1:])}`: {machine['when']}, {machine['cpu']}, "
-        f"load average {machine['load_start']} at the start and {machine['load_end']} at the end.",
+        run_line(f"python -m bench.ws_memory {' '.join(sys.argv[1:])}", machine),
         "",
         f"The platform as bench.run starts it (nginx -> granian WSGI + uvicorn ASGI, production settings); "
         f"{args.count:,} sockets held from 2 bench.ws_client processes offering compression "
@@ -280,11 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.python_heap and (args.baseline or args.rounds > 1):
         parser.error("--python-heap measures this checkout once")
 
-    machine = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": f"{os.cpu_count()} cores ({cpu_model()})",
-        "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    machine = run_started()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ws-memory-")))
         heap_dir = tmp / "heap" if args.python_heap else None
@@ -310,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    machine["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    run_ended(machine)
     text = report(args, machine, runs)
     print(text)
     output = Path(args.output)
