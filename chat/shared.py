@@ -290,38 +290,34 @@ async def replay_read(message_id: int, after_seq: int) -> list[dict]:
     return [orjson.loads(raw) for raw in await store().events_after(replay_key(message_id), after_seq)]
 
 
+def _cancel_key(message_id: int) -> str:
+    return f"af:cancel:{message_id}"
+
+
+def _listen_key(message_id: int) -> str:
+    return f"af:listen:{message_id}"
+
+
 async def request_cancel(message_id: int) -> None:
-    await store().set(f"af:cancel:{message_id}", b"1", ttl=300, attempts=3)
-
-
-async def cancel_requested(message_id: int) -> bool:
-    return await store().get(f"af:cancel:{message_id}") is not None
+    await store().set(_cancel_key(message_id), b"1", ttl=300, attempts=3)
 
 
 async def renew_listener_lease(message_id: int, ttl: float) -> None:
-    await store().set(f"af:listen:{message_id}", b"1", ttl=ttl)
+    await store().set(_listen_key(message_id), b"1", ttl=ttl)
 
 
-async def has_listener_lease(message_id: int) -> bool:
-    return await store().get(f"af:listen:{message_id}") is not None
-
-
-async def mark_alive(message_id: int, ttl: float = ALIVE_TTL) -> None:
-    await store().set(alive_key(message_id), b"1", ttl=ttl)
-
-
-# The same for every reply a process produces at once, one round trip each (chat.streaming's watch).
+# What chat.streaming's watch asks for every reply a process produces, one round trip each.
 
 
 async def cancels_requested(message_ids: list[int]) -> list[bool]:
-    return [value is not None for value in await store().get_many([f"af:cancel:{m}" for m in message_ids])]
+    return [value is not None for value in await store().get_many([_cancel_key(m) for m in message_ids])]
 
 
 async def listener_leases(message_ids: list[int]) -> list[bool]:
-    return [value is not None for value in await store().get_many([f"af:listen:{m}" for m in message_ids])]
+    return [value is not None for value in await store().get_many([_listen_key(m) for m in message_ids])]
 
 
-async def mark_alive_many(message_ids: list[int], ttl: float = ALIVE_TTL) -> None:
+async def mark_alive(message_ids: list[int], ttl: float = ALIVE_TTL) -> None:
     await store().set_many([alive_key(m) for m in message_ids], b"1", ttl=ttl)
 
 

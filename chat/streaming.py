@@ -425,7 +425,7 @@ class _Watch:
         due = [g for g, renewed in self._alive_renewed.items() if now - renewed >= shared.ALIVE_RENEW]
         for generation in due:
             self._alive_renewed[generation] = now
-        await shared.mark_alive_many([g.message_id for g in due])
+        await shared.mark_alive([g.message_id for g in due])
 
     async def _check(self) -> None:
         watched = list(self.generations)

@@ -38,7 +38,7 @@ async def test_sweep_marks_orphans_with_their_partial_text(chat_client):
     await _buffer(orphan, "Hel", "lo")
     fresh = await sync_to_async(_orphan)(chat_client.user, age_seconds=0)  # may still be starting up
     alive = await sync_to_async(_orphan)(chat_client.user)
-    await shared.mark_alive(alive.pk, ttl=10)  # another worker is producing it
+    await shared.mark_alive([alive.pk], ttl=10)  # another worker is producing it
 
     assert await sweeper.sweep() == 1
     orphan = await sync_to_async(Message.objects.get)(pk=orphan.pk)
@@ -85,7 +85,7 @@ async def test_reading_an_orphan_over_rest_marks_it(chat_client):
 
 async def test_rest_reads_leave_live_and_young_replies_alone(chat_client):
     alive = await sync_to_async(_orphan)(chat_client.user)
-    await shared.mark_alive(alive.pk, ttl=10)
+    await shared.mark_alive([alive.pk], ttl=10)
     young = await sync_to_async(_orphan)(chat_client.user, age_seconds=0)
     for reply in (alive, young):
         assert (await chat_client.get(f"/api/messages/{reply.pk}")).json()["status"] == "streaming"
