@@ -155,15 +155,18 @@ class MessageMiddleware(inline(_MessageMiddleware)):
 
 
 _OWN_POLICY_ATTRIBUTES = tuple(f"_csp_{kind}{ro}" for kind in ("config", "update", "replace") for ro in ("", "_ro"))
-_PLAIN_POLICIES = (  # header, its setting, the attribute that exempts a response, report-only
-    (CSP_HEADER, "CONTENT_SECURITY_POLICY", "_csp_exempt", False),
-    (CSP_HEADER_REPORT_ONLY, "CONTENT_SECURITY_POLICY_REPORT_ONLY", "_csp_exempt_ro", True),
+_PLAIN_POLICIES = (  # header, the attribute that exempts a response, report-only
+    (CSP_HEADER, "_csp_exempt", False),
+    (CSP_HEADER_REPORT_ONLY, "_csp_exempt_ro", True),
 )
 
 
 @functools.cache
-def _plain_policy(report_only: bool) -> str:
-    return build_csp_policy(report_only=report_only)
+def _plain_policy(report_only: bool) -> tuple[str, tuple[str, ...]]:
+    """The policy, and the path prefixes it is not sent on."""
+    setting = "CONTENT_SECURITY_POLICY_REPORT_ONLY" if report_only else "CONTENT_SECURITY_POLICY"
+    excluded = tuple((getattr(settings, setting, None) or {}).get("EXCLUDE_URL_PREFIXES") or ())
+    return build_csp_policy(report_only=report_only), excluded
 
 
 @receiver(setting_changed)
@@ -181,9 +184,8 @@ class CSPMiddleware(inline(_CSPMiddleware)):
         own_policy = any(getattr(response, name, None) is not None for name in _OWN_POLICY_ATTRIBUTES)
         if own_policy or settings.DEBUG or getattr(request, "_csp_nonce", None) is not None:
             return super().process_response(request, response)
-        for header, setting, exempt, report_only in _PLAIN_POLICIES:
-            policy = _plain_policy(report_only)
-            excluded = tuple((getattr(settings, setting, None) or {}).get("EXCLUDE_URL_PREFIXES") or ())
+        for header, exempt, report_only in _PLAIN_POLICIES:
+            policy, excluded = _plain_policy(report_only)
             wanted = header not in response and not getattr(response, exempt, False)
             if policy and wanted and not request.path_info.startswith(excluded):
                 response[header] = policy
