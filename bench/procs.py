@@ -56,6 +56,16 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def matching(text: str) -> list[int]:
+    """Every live process whose command line contains ``text``."""
+    found = []
+    for pid in _live_pids():
+        with contextlib.suppress(OSError):
+            if text.encode() in (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(pid)
+    return found
+
+
 def _kb(pid: int, file: str, field: str) -> int:
     """A ``Field:  N kB`` line of /proc/<pid>/<file> (status, smaps_rollup): N, or 0."""
     try:

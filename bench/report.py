@@ -37,6 +37,15 @@ def _row(
     return (figure, value, p50, p95, p99, errors, ratio, cpu, goal, _verdict(passed))
 
 
+def cpu_split(stream: dict) -> str:
+    """The CPU each kind of process used while streaming, as a sentence ("" for
+    results from before the split was recorded)."""
+    split = stream.get("cpu_seconds_by_process")
+    if not split:
+        return ""
+    return " CPU seconds while streaming: " + ", ".join(f"{name} {sec:.1f}" for name, sec in split.items()) + "."
+
+
 def rows(results: dict) -> list[tuple[str, ...]]:
     """One row per figure, in the issue's order."""
     out = []
@@ -188,7 +197,7 @@ def markdown(results: dict) -> str:
             f"machine), over the window: {stream['window']} ({stream['window_seconds']} s); "
             f"all deltas: p50 {stream['latency_all_ms']['p50']} ms, "
             f"p99 {stream['latency_all_ms']['p99']} ms; send to first delta p50 "
-            f"{stream['send_to_first_delta_ms']['p50']} ms; finals {stream['finals']}."
+            f"{stream['send_to_first_delta_ms']['p50']} ms; finals {stream['finals']}." + cpu_split(stream)
         )
     held = results.get("held")
     if held:

@@ -87,7 +87,9 @@ def _database_url(base: str, suffix: str) -> str:
     return f"{head}/{name}{suffix}" + (f"?{query}" if query else "")
 
 
-def platform_env(database_url: str, redis_url: str, upstream: str, plan: Plan, var_dir: Path) -> dict[str, str]:
+def platform_env(
+    database_url: str, redis_url: str, upstream: str, stream: ws.StreamPlan, var_dir: Path
+) -> dict[str, str]:
     models = [
         {
             "name": "fast",
@@ -100,10 +102,10 @@ def platform_env(database_url: str, redis_url: str, upstream: str, plan: Plan, v
         {
             "name": "stream",
             "provider": "fake",
-            "upstream_model": plan.stream.upstream_model,
+            "upstream_model": stream.upstream_model,
             "description": "Benchmark model: time-stamped tokens at a fixed rate.",
             "context_window": 8192,
-            "max_output_tokens": plan.stream.tokens + 16,
+            "max_output_tokens": stream.tokens + 16,
         },
     ]
     return {
@@ -256,7 +258,7 @@ def run(args) -> dict:
     with contextlib.ExitStack() as cleanup:
         work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="agentsflow-bench-run-")))
         upstream = cleanup.enter_context(run_fake_upstream(separate_process=True))
-        env = platform_env(database_url, redis_url, upstream, plan, work_dir / "var")
+        env = platform_env(database_url, redis_url, upstream, plan.stream, work_dir / "var")
         _setup_django(env)
         seed = ensure_seeded(database_url, plan.seed, env=env, reseed=args.reseed)
         _prepare_state(redis_url)
@@ -320,7 +322,7 @@ def run(args) -> dict:
             f"websockets: {plan.stream.sockets} streams × {plan.stream.tokens_per_second} tokens/s "
             f"({plan.stream.tokens} tokens each)"
         )
-        results["stream"] = ws.streamed_events(platform, keys_file, work_dir, plan.stream)
+        results["stream"] = ws.streamed_events(platform, keys_file, work_dir, plan.stream, others=ws.services())
         _log(f"websockets: holding {plan.held:,}")
         results["held"] = ws.held_connections(platform, keys_file, work_dir, count=plan.held)
 

@@ -188,6 +188,16 @@ class StreamPlan:
         return self.sockets * self.tokens_per_second
 
 
+def services() -> dict[str, list[int]]:
+    """The processes a stream passes through besides the platform's servers, for
+    the CPU split: the fake model, Redis and PostgreSQL."""
+    return {
+        "fake model": procs.matching("bench.fake_upstream"),
+        "redis": procs.matching("redis-server"),
+        "postgres": procs.matching("postgres"),
+    }
+
+
 def percentile(ordered: list[int], q: float) -> int | None:
     if not ordered:
         return None
@@ -218,9 +228,12 @@ def streamed_events(
     *,
     clients: int = 2,
     on_go=None,
+    others: dict[str, list[int]] | None = None,
 ) -> dict:
     """Every socket sends one message at the same moment; deltas are counted and
-    their latencies kept over the window in which every stream was running."""
+    their latencies kept over the window in which every stream was running. The CPU
+    used meanwhile is split by process kind: each server of the platform, the
+    clients, and ``others`` (name -> pids, e.g. the fake model and Redis)."""
     processes = []
     sample_files = []
     for i, n in enumerate(_split(plan.sockets, clients)):
@@ -249,14 +262,23 @@ def streamed_events(
         ready = [p.wait_for("ready", timeout=120) for p in processes]
         if on_go:
             on_go()
-        cpu_before = procs.cpu_seconds(platform.pids())
+        kinds = {name: platform.pids(name) for name in platform.roots}
+        kinds["ws clients"] = [p.process.pid for p in processes]
+        kinds.update(others or {})
+        cpu_before = {name: procs.cpu_seconds(pids) for name, pids in kinds.items()}
+        asgi_before = {pid: procs.cpu_seconds([pid]) for pid in platform.pids("asgi")}
         started = time.monotonic()
         for process in processes:
             process.tell("go")
         timeout = plan.tokens / plan.tokens_per_second * 4 + 60
         results = [p.wait_for("streamed", timeout=timeout) for p in processes]
         elapsed = time.monotonic() - started
-        cpu = procs.cpu_seconds(platform.pids()) - cpu_before
+        cpu_by_kind = {name: round(procs.cpu_seconds(pids) - cpu_before[name], 2) for name, pids in kinds.items()}
+        # One busy worker queues its sockets' events however idle the other is.
+        asgi_by_process = sorted(
+            (round(procs.cpu_seconds([pid]) - before, 2) for pid, before in asgi_before.items()), reverse=True
+        )
+        cpu = sum(cpu_by_kind[name] for name in platform.roots)
     finally:
         for process in processes:
             process.stop()
@@ -276,6 +298,13 @@ def streamed_events(
     window = (window_end - window_start) / 1e9
     in_window = sorted(lat for at, lat in zip(received, latencies, strict=True) if window_start <= at <= window_end)
     everything = sorted(latencies)
+    # Steady queueing (the workers short of CPU) shows in every second; pauses (a
+    # garbage collection, a slow Redis round trip) in a few.
+    by_second: dict[int, list[int]] = {}
+    for at, lat in zip(received, latencies, strict=True):
+        if window_start <= at <= window_end:
+            by_second.setdefault((at - window_start) // 1_000_000_000, []).append(lat)
+    p99_by_second = [round(percentile(sorted(v), 0.99) / 1e6, 1) for _, v in sorted(by_second.items())]
     first_delta = sorted((s["first"] - s["sent"]) for s in streaming)
     return {
         "sockets": plan.sockets,
@@ -298,6 +327,7 @@ def streamed_events(
                 ("max", in_window[-1] if in_window else None),
             )
         },
+        "p99_ms_by_second": p99_by_second,
         "latency_all_ms": {
             name: (None if value is None else round(value / 1e6, 2))
             for name, value in (("p50", percentile(everything, 0.5)), ("p99", percentile(everything, 0.99)))
@@ -308,5 +338,7 @@ def streamed_events(
         },
         "seconds": round(elapsed, 1),
         "platform_cpu_seconds": round(cpu, 1),
+        "cpu_seconds_by_process": cpu_by_kind,
+        "asgi_cpu_seconds_by_process": asgi_by_process,
         "client_processes": clients,
     }

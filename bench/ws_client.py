@@ -1,5 +1,5 @@
-"""WebSocket load client for the benchmarks, run as separate processes (asyncio +
-websockets), driven over stdin/stdout by bench.run.
+"""WebSocket load client for the benchmarks, run as separate processes (asyncio:
+websockets to hold sockets, picows to stream), driven over stdin/stdout by bench.run.
 
     python -m bench.ws_client hold --url ws://…/ws/chat/ --keys keys.txt --count 5000
         Opens COUNT sockets (API key auth, one key per socket, rotating), waits for
@@ -34,6 +34,7 @@ from collections import Counter
 
 import orjson
 import websockets
+from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
 from websockets.protocol import State
 
 
@@ -139,58 +140,146 @@ async def hold(args) -> None:
     say(event="closed", still_open=still_open)
 
 
-async def _stream_one(ws, index: int, args, samples: array, report: dict) -> None:
-    """Send one message and record every delta until the reply's final event."""
-    sent = time.time_ns()
-    await ws.send(orjson.dumps({"type": "send", "content": f"stream {index}", "model": args.model}).decode())
-    first = last = None
-    deltas = 0
-    final = None
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        try:
-            raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
-        except (TimeoutError, websockets.ConnectionClosed) as exc:
-            final = f"client:{type(exc).__name__}"
-            break
+class StreamListener(WSListener):
+    """One socket of ``stream`` mode, on picows (Cython): a frame costs a callback,
+    not a future and a task switch, so the client takes less of the CPU it shares
+    with the platform it measures. Deltas are timed as their frame is read."""
+
+    def __init__(self, samples: array, report: dict) -> None:
+        super().__init__()
+        self.samples, self.report = samples, report
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.transport = None
+        self.sent = self.first = self.last = None
+        self.deltas = 0
+        self._partial = bytearray()
+
+    def on_ws_connected(self, transport) -> None:
+        self.transport = transport
+
+    def on_ws_disconnected(self, transport) -> None:
+        self._end("client:ConnectionClosed")
+        if not self.ready.done():
+            self.ready.set_result({"type": "closed"})
+
+    def on_ws_frame(self, transport, frame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if frame.msg_type not in (WSMsgType.TEXT, WSMsgType.CONTINUATION):
+            return
         now = time.time_ns()
+        if not frame.fin or self._partial:
+            self._partial += frame.get_payload_as_bytes()
+            if not frame.fin:
+                return
+            raw, self._partial = bytes(self._partial), bytearray()
+        else:
+            raw = frame.get_payload_as_bytes()
         event = orjson.loads(raw)
+        if not self.ready.done():
+            self.ready.set_result(event)
+            return
         kind = event.get("type")
         if kind == "delta":
             try:
                 stamp = int(event["text"])
             except (KeyError, ValueError):
-                report["unparsable"] += 1
-                continue
-            samples.append(now)
-            samples.append(now - stamp)
-            deltas += 1
-            first = first or now
-            last = now
+                self.report["unparsable"] += 1
+                return
+            self.samples.append(now)
+            self.samples.append(now - stamp)
+            self.deltas += 1
+            self.first = self.first or now
+            self.last = now
         elif kind in ("done", "error") and "seq" in event:
-            final = event.get("status") if kind == "done" else f"error:{event.get('code')}"
-            break
+            self._end(event.get("status") if kind == "done" else f"error:{event.get('code')}")
         elif kind == "error":
-            final = f"error:{event.get('code')}"
-            report["errors"].append(event.get("message"))
-            break
-    report["sockets"].append({"sent": sent, "first": first, "last": last, "deltas": deltas, "final": final})
+            self.report["errors"].append(event.get("message"))
+            self._end(f"error:{event.get('code')}")
+
+    def send(self, index: int, model: str) -> None:
+        self.sent = time.time_ns()
+        message = {"type": "send", "content": f"stream {index}", "model": model}
+        self.transport.send(WSMsgType.TEXT, orjson.dumps(message))
+
+    def _end(self, final: str) -> None:
+        if not self.finished.done():
+            self.finished.set_result(final)
+
+    def outcome(self) -> dict:
+        final = self.finished.result() if self.finished.done() else "client:TimeoutError"
+        return {"sent": self.sent, "first": self.first, "last": self.last, "deltas": self.deltas, "final": final}
+
+
+async def open_listeners(args, samples: array, report: dict) -> list[StreamListener]:
+    """``args.sockets`` sockets that each got "ready", ``args.handshakes`` opening at once."""
+    limit = asyncio.Semaphore(args.handshakes)
+    failures: Counter[str] = Counter()
+    opened: list[StreamListener] = []
+    started = time.monotonic()
+
+    async def one(index: int) -> None:
+        async with limit:
+            key = args.keys[index % len(args.keys)]
+            try:
+                transport, listener = await ws_connect(
+                    lambda: StreamListener(samples, report),
+                    args.url,
+                    extra_headers={"Authorization": f"Bearer {key}"},
+                    websocket_handshake_timeout=60,
+                )
+                ready = await asyncio.wait_for(listener.ready, 60)
+            except Exception as exc:
+                failures[type(exc).__name__] += 1
+                return
+            if ready.get("type") != "ready":
+                failures[f"not-ready:{ready.get('code') or ready.get('type')}"] += 1
+                transport.disconnect()
+                return
+            opened.append(listener)
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1)
+            say(event="progress", phase="ready", open=len(opened), failed=sum(failures.values()))
+
+    reporter = asyncio.create_task(progress())
+    try:
+        await asyncio.gather(*(one(i) for i in range(args.sockets)))
+    finally:
+        reporter.cancel()
+    say(
+        event="ready",
+        open=len(opened),
+        failed=sum(failures.values()),
+        failures=dict(failures),
+        seconds=round(time.monotonic() - started, 2),
+    )
+    return opened
 
 
 async def stream(args) -> None:
-    opener = Opener(args.url, args.keys, args.handshakes, args.compression)
-    sockets = await opener.open_many(args.sockets, "ready")
-    await read_line()  # "go": every client process starts at once
     samples: array = array("q")
-    report: dict = {"sockets": [], "unparsable": 0, "errors": []}
-    await asyncio.gather(*(_stream_one(ws, i, args, samples, report) for i, ws in enumerate(sockets)))
+    report: dict = {"unparsable": 0, "errors": []}
+    listeners = await open_listeners(args, samples, report)
+    await read_line()  # "go": every client process starts at once
+    for index, listener in enumerate(listeners):
+        listener.send(index, args.model)
+    # One deadline for every reply, not a timeout a frame.
+    await asyncio.wait([listener.finished for listener in listeners], timeout=args.timeout)
     with open(args.samples, "wb") as out:
         samples.tofile(out)
-    await close_all(sockets)
-    finals = Counter(str(s["final"]) for s in report["sockets"])
+    for listener in listeners:
+        listener.transport.send_close(WSCloseCode.OK)
+        listener.transport.disconnect()
+    sockets = [listener.outcome() for listener in listeners]
+    finals = Counter(str(s["final"]) for s in sockets)
     say(
         event="streamed",
-        sockets=report["sockets"],
+        sockets=sockets,
         finals=dict(finals),
         unparsable=report["unparsable"],
         errors=report["errors"][:5],

@@ -52,6 +52,9 @@ def test_the_benchmark_measures_every_figure_without_errors(results):
     assert stream["finals"] == {"complete": stream["sockets"]}, (stream["error_messages"], results["_logs"])
     assert stream["deltas_received"] == stream["deltas_expected"] > 0
     assert stream["latency_ms"]["p50"] is not None
+    split = stream["cpu_seconds_by_process"]
+    assert set(split) >= {"asgi", "nginx", "ws clients", "fake model", "redis", "postgres"}
+    assert split["asgi"] > 0 and split["ws clients"] > 0 and split["fake model"] > 0
 
     held = results["held"]
     assert held["held"] == held["requested"] and held["failed"] == 0
@@ -76,3 +79,20 @@ def test_the_report_has_the_table_and_the_machine(results):
     machine = results["machine"]
     assert machine["nproc"] >= 1 and machine["memory_gb"] > 0 and machine["git_sha"]
     assert str(Path(results["setup"]["topology"])) and "granian" in results["setup"]["topology"]
+
+
+def test_the_stream_figure_on_its_own(tmp_path):
+    """bench.stream_figure against this checkout as of HEAD: every delta arrives, and
+    the report splits the CPU by process."""
+    command = [sys.executable, "-m", "bench.stream_figure", "--rounds", "1", "--sockets", "6"]
+    command += ["--tokens-per-second", "20", "--tokens", "20", "--baseline", "HEAD"]
+    command += ["--output", str(tmp_path / "figure")]
+    finished = subprocess.run(command, cwd=BASE_DIR, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
+    runs = json.loads((tmp_path / "figure.json").read_text())["runs"]
+    assert set(runs) == {"before", "after"}
+    for run in (r for label_runs in runs.values() for r in label_runs):
+        assert run["finals"] == {"complete": 6} and run["deltas_received"] == run["deltas_expected"] == 120
+        assert run["cpu_seconds_by_process"]["asgi"] > 0
+    report = (tmp_path / "figure.md").read_text()
+    assert "| before |" in report and "| after |" in report and "| asgi |" in report
