@@ -11,12 +11,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from core.asgi import SizedBody, WebSocketSendDeadline  # noqa: E402
+from core.db import RequestThreads  # noqa: E402
 from core.websocket_auth import APIKeyOrSessionAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # A chunked body is capped and given a length before Django reads it.
-        "http": SizedBody(django_asgi_app),
+        # A chunked body is capped and given a length before Django reads it; each
+        # request's sync work runs on a thread reused from earlier requests.
+        "http": SizedBody(RequestThreads(django_asgi_app)),
         # Checks the Origin itself: required for cookie sessions, optional for API keys.
         # A client that stops reading is dropped after WS_SEND_TIMEOUT.
         "websocket": WebSocketSendDeadline(APIKeyOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns))),

@@ -17,7 +17,6 @@ import time
 
 import orjson
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -35,6 +34,7 @@ from chat.models import Message
 from chat.serializers import SendSerializer, content_too_long
 from core import metrics, redis
 from core.asgi import CLOSE_TRY_AGAIN
+from core.db import database_sync_to_async
 from core.exceptions import _flatten_details, database_error_as_api_exception
 from core.loops import per_event_loop
 from core.models import APIKey

@@ -16,7 +16,6 @@ import logging
 from urllib.parse import urlparse
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator, WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
@@ -24,6 +23,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from core.asgi import CLOSE_TRY_AGAIN, accept_and_close
 from core.authentication import authenticate_key, key_from_headers
+from core.db import database_sync_to_async
 from core.exceptions import database_error_as_api_exception, describe_database_error
 
 logger = logging.getLogger("agentsflow.errors")
