@@ -139,8 +139,9 @@ if DATABASE_URL:
     _db["CONN_MAX_AGE"] = 0  # the pool owns connection reuse
     # The pool checks a connection before handing it out, so one that PostgreSQL
     # closed meanwhile (restart, pg_terminate_backend, idle timeout) is replaced
-    # instead of failing the request that got it.
-    _db["CONN_HEALTH_CHECKS"] = True
+    # instead of failing the request that got it: core.dbbackend's check, which polls
+    # the socket, not Django's (psycopg_pool's), which costs a round trip a request.
+    _db["CONN_HEALTH_CHECKS"] = False
     _db["OPTIONS"] = {
         "connect_timeout": DB_CONNECT_TIMEOUT,
         "application_name": "agentsflow",

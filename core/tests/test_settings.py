@@ -55,7 +55,7 @@ def test_postgres_settings_use_the_pool_with_timeouts():
     result = _django(
         "from django.conf import settings as s; d = s.DATABASES['default']; "
         "print(d['CONN_MAX_AGE'], d['OPTIONS']['pool']['max_size'], d['OPTIONS']['connect_timeout'], "
-        "d['OPTIONS']['options'], d['OPTIONS']['application_name'], d['CONN_HEALTH_CHECKS'], "
+        "d['OPTIONS']['options'], d['OPTIONS']['application_name'], d['ENGINE'], d['CONN_HEALTH_CHECKS'], "
         "d['OPTIONS']['pool']['reconnect_timeout'])",
         {
             "DATABASE_URL": "postgres://postgres@127.0.0.1/agentsflow",
@@ -64,10 +64,11 @@ def test_postgres_settings_use_the_pool_with_timeouts():
         },
     )
     assert result.returncode == 0, result.stderr
-    # Found by resilience/tests/test_faults.py: without CONN_HEALTH_CHECKS the pool handed
-    # terminated backends to requests; without a short reconnect_timeout it healed 20+ s
-    # after a 40-s outage ended.
-    assert result.stdout.split() == ["0", "12", "10", "-c", "statement_timeout=2500", "agentsflow", "True", "5"]
+    # Found by resilience/tests/test_faults.py: without a check the pool handed terminated
+    # backends to requests (core.dbbackend's own, not Django's: test_pgpool.py); without a
+    # short reconnect_timeout it healed 20+ s after a 40-s outage ended.
+    expected = ["0", "12", "10", "-c", "statement_timeout=2500", "agentsflow", "core.dbbackend", "False", "5"]
+    assert result.stdout.split() == expected
 
 
 def test_bad_environment_value_stops_start_up():

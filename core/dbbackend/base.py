@@ -1,0 +1,42 @@
+"""The PostgreSQL backend: django-prometheus's (query metrics), whose connection
+pool checks a connection before handing it out without a round trip.
+
+psycopg_pool's own check (Django's, with CONN_HEALTH_CHECKS) sends an empty
+query and waits for the answer: a round trip on every checkout, so on every
+request. A connection that PostgreSQL closed while it sat in the pool (a
+restart, ``pg_terminate_backend``, an idle timeout) has something to read
+instead: the server's last error, then the end of the stream. A healthy idle
+connection has nothing, so a poll of its socket tells the two apart without a
+word to the server. (A server that vanished without closing anything fools
+both checks alike: the empty query would wait for TCP to give up.)
+"""
+
+from __future__ import annotations
+
+import select
+
+import psycopg
+from django_prometheus.db.backends.postgresql import base
+
+
+def check_connection(conn: psycopg.Connection) -> None:
+    """Raise for a connection that is closed, or that the server spoke on while it
+    was idle (the pool then drops it and hands out another)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()  # not select(): descriptors past 1024 (10,000 sockets open)
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        conn.close()  # a closed connection is dropped when the pool takes it back, and replaced
+        raise psycopg.OperationalError("the server closed the connection, or spoke on it, while it was idle")
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self):
+        pool = super().pool
+        # Django passes psycopg_pool its own check (or none) and takes no other; the
+        # pool keeps it in ``_check`` (psycopg-pool is pinned; test_pgpool.py checks it).
+        if pool is not None and pool._check is not check_connection:
+            pool._check = check_connection
+        return pool
