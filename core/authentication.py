@@ -8,17 +8,22 @@ failed.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from core import keys
 from core.cache import two_tier
+from core.exceptions import describe_database_error
 from core.models import APIKey, User
+
+logger = logging.getLogger("agentsflow.errors")
 
 INVALID_KEY_MESSAGE = "Invalid API key."
 ALL_SCOPES = frozenset(APIKey.Scope.values)
@@ -107,7 +112,12 @@ def _touch_last_used(identity: KeyIdentity) -> None:
         _last_touched.clear()
     _last_touched[identity.prefix] = now
     if two_tier.claim(f"apikey-used:{identity.prefix}", interval):
-        APIKey.objects.filter(pk=identity.id).update(last_used_at=timezone.now())
+        try:
+            APIKey.objects.filter(pk=identity.id).update(last_used_at=timezone.now())
+        except DatabaseError as exc:
+            # Bookkeeping only: a key the cache vouches for keeps working while the
+            # database is down or its pool exhausted (a cached read needs no database).
+            logger.warning("API key last_used_at not written: %s", describe_database_error(exc))
 
 
 def key_from_headers(get_header) -> str | None:

@@ -3,13 +3,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache as shared_cache
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from core import keys
-from core.authentication import authenticate_key
+from core.authentication import _last_touched, authenticate_key
 from core.models import APIKey
 
 pytestmark = pytest.mark.django_db
@@ -81,6 +81,27 @@ def test_key_lookup_is_cached_and_last_used_is_written_once_a_minute(user, make_
         for _ in range(5):
             assert authenticate_key(plaintext) is not None
     assert len(later) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cached_key_works_while_last_used_cannot_be_written(user, make_key, key_client, caplog):
+    """The once-a-minute write of last_used_at fails (database down, pool exhausted):
+    the request it rides on is still answered, from the cache."""
+    key, plaintext = make_key(user)
+    client = key_client(plaintext)
+    assert client.get("/api/models").status_code == 200  # key and model list cached
+    shared_cache.delete(f"apikey-used:{key.prefix}")
+    _last_touched.clear()
+
+    def refuse_updates(execute, sql, params, many, context):
+        if sql.startswith("UPDATE"):
+            raise OperationalError("couldn't get a connection after 5.00 sec")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse_updates):
+        response = client.get("/api/models")
+    assert response.status_code == 200, response.content
+    assert "API key last_used_at not written: OperationalError" in caplog.text
 
 
 def test_revoked_key_stops_working_at_once_in_this_process(user, make_key, key_client):
