@@ -26,11 +26,13 @@ migrate: venv
 ## in-process cache and channel layer, the bundled local model).
 ## Usage rollups (analytics API, dashboard) are refreshed every minute by
 ## `manage.py rollup --loop`, which runs beside the server and stops with it.
+## WebSockets are served as in production (ops/run-asgi.sh): the same protocol, no deflate.
 run: migrate
 	$(PY) manage.py bootstrap
 	@$(PY) manage.py rollup --loop --interval 60 --verbosity 0 & rollup=$$!; \
 	trap 'kill $$rollup 2>/dev/null' EXIT INT TERM; \
-	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --ws-max-size 1048576 --no-proxy-headers
+	$(VENV)/bin/uvicorn agentsflow.asgi:application --host $(HOST) --port $(PORT) --lifespan off --no-proxy-headers \
+	  --ws agentsflow.uvicorn_ws:WebSocketProtocol --ws-per-message-deflate false --ws-max-size 1048576
 
 ## Run the test suite (PostgreSQL/Redis tests run when DATABASE_URL/REDIS_URL are set).
 ## Tests marked `long` (minutes each) run only through `make resilience`.
