@@ -56,6 +56,11 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def named(comm: str) -> list[int]:
+    """Every live process whose name (``comm``: the program, not its arguments) is ``comm``."""
+    return [pid for pid in _live_pids() if name(pid) == comm]
+
+
 def matching(text: str) -> list[int]:
     """Every live process whose command line contains ``text``."""
     found = []

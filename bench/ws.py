@@ -193,8 +193,8 @@ def services() -> dict[str, list[int]]:
     the CPU split: the fake model, Redis and PostgreSQL."""
     return {
         "fake model": procs.matching("bench.fake_upstream"),
-        "redis": procs.matching("redis-server"),
-        "postgres": procs.matching("postgres"),
+        "redis": procs.named("redis-server"),
+        "postgres": procs.named("postgres"),
     }
 
 
