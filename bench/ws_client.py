@@ -269,7 +269,8 @@ async def stream(args) -> None:
     for index, listener in enumerate(listeners):
         listener.send(index, args.model)
     # One deadline for every reply, not a timeout a frame.
-    await asyncio.wait([listener.finished for listener in listeners], timeout=args.timeout)
+    if listeners:
+        await asyncio.wait([listener.finished for listener in listeners], timeout=args.timeout)
     with open(args.samples, "wb") as out:
         samples.tofile(out)
     for listener in listeners:
@@ -294,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--url", required=True)
         p.add_argument("--keys", required=True, help="a file with one API key a line")
         p.add_argument("--handshakes", type=int, default=100, help="handshakes in flight at once")
-        p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
+        p.add_argument(
+            "--compression", choices=("deflate", "none"), default="deflate", help="offered by hold (stream offers none)"
+        )
     sub.choices["hold"].add_argument("--count", type=int, required=True)
     sub.choices["stream"].add_argument("--sockets", type=int, required=True)
     sub.choices["stream"].add_argument("--model", required=True)
