@@ -17,7 +17,8 @@ reused from earlier requests, see ``RequestThreads``), or the caller's when a sy
 caller waits above (Django's test client). Anywhere else (a WebSocket consumer, a
 reply that outlives its request) asgiref would use one thread for the whole
 process, so every socket's queries waited in one line: they go to a pool of
-DB_POOL_MAX_SIZE threads instead, as many as the connections they can use.
+DB_POOL_MAX_SIZE threads instead, as many as the connections they can use (one
+thread with SQLite, as before).
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ _pool_lock = threading.Lock()
 
 
 def database_threads() -> ThreadPoolExecutor:
-    """The threads for database work outside any request (created on first use)."""
+    """The threads for database work outside any request (created on first use):
+    one per pooled connection; one for SQLite, which takes one writer at a time
+    (two threads writing at once get "database is locked")."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=settings.DB_POOL_MAX_SIZE, thread_name_prefix="db")
+            count = 1 if connections["default"].vendor == "sqlite" else settings.DB_POOL_MAX_SIZE
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="db")
         return _pool
 
 

@@ -20,6 +20,8 @@ def _thread_name() -> str:
     return threading.current_thread().name
 
 
+@pytest.mark.postgres  # with SQLite one thread does it all, as asgiref did (one writer at a time)
+@pytest.mark.django_db(transaction=True)  # the pool's threads may hold a test connection
 async def test_outside_a_request_calls_run_side_by_side_on_the_database_threads():
     """asgiref alone would run both on one thread for the whole process: the first
     would wait at the barrier for a second that never starts, and both would fail."""
@@ -42,6 +44,7 @@ async def test_in_a_request_calls_run_on_the_request_thread():
     assert len({*names, django_side}) == 1 and names[0].startswith("the-request")
 
 
+@pytest.mark.django_db(transaction=True)  # the pool's threads may hold a test connection
 async def test_a_task_that_outlives_its_request_moves_to_the_database_threads():
     """A reply started by a request stores itself after the request ended: asgiref
     refuses thread-sensitive calls from the exited context; these go to the pool."""
