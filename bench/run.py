@@ -123,7 +123,7 @@ def platform_env(
     }
 
 
-def _setup_django(env: dict[str, str]) -> None:
+def setup_django(env: dict[str, str]) -> None:
     os.environ.update(env)
     os.environ["DJANGO_SETTINGS_MODULE"] = "agentsflow.settings"
     import django
@@ -131,7 +131,7 @@ def _setup_django(env: dict[str, str]) -> None:
     django.setup()
 
 
-def _prepare_state(redis_url: str) -> None:
+def prepare_state(redis_url: str) -> None:
     """Every run starts with the bench's Redis database empty (stale cached keys of
     an earlier seed must not answer) and the bench models as configured now."""
     import redis
@@ -259,9 +259,9 @@ def run(args) -> dict:
         work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="agentsflow-bench-run-")))
         upstream = cleanup.enter_context(run_fake_upstream(separate_process=True))
         env = platform_env(database_url, redis_url, upstream, plan.stream, work_dir / "var")
-        _setup_django(env)
+        setup_django(env)
         seed = ensure_seeded(database_url, plan.seed, env=env, reseed=args.reseed)
-        _prepare_state(redis_url)
+        prepare_state(redis_url)
         users = heavy_users(database_url, plan.seed, plan.keys)
         keys_file = work_dir / "keys.txt"
         keys_file.write_text("\n".join(u.key for u in users) + "\n")

@@ -38,7 +38,7 @@ from bench import profile, ws
 from bench.fake_upstream import run_fake_upstream
 from bench.machine import run_ended, run_line, run_started
 from bench.platform import run_platform
-from bench.run import _prepare_state, _setup_django, platform_env
+from bench.run import platform_env, prepare_state, setup_django
 from bench.stream_overhead import baseline_checkout, spread
 
 RESULTS = BASE_DIR / "bench" / "results"
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         upstream = stack.enter_context(run_fake_upstream(separate_process=True))
         database_url = fresh_database_env("stream_figure", tmp)["DATABASE_URL"]
         env = platform_env(database_url, redis_url, upstream, plan, tmp / "var")
-        _setup_django(env)
+        setup_django(env)
         key = prepare_platform(env).key
-        _prepare_state(redis_url)
+        prepare_state(redis_url)
         keys_file = tmp / "keys.txt"
         keys_file.write_text(key + "\n")
         checkouts = [("after" if args.baseline else "this checkout", BASE_DIR)]
