@@ -210,9 +210,10 @@ if REDIS_URL:
                 "CONNECTION_POOL_KWARGS": _REDIS_POOL,
             },
         },
-        # Sessions fall back to the database when Redis is unreachable.
+        # Sessions fall back to the database when Redis is unreachable, at once while
+        # core.redis's breaker is open (core/session_cache.py).
         "sessions": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "core.session_cache.BreakerRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "af-s",
             "OPTIONS": {
@@ -220,7 +221,6 @@ if REDIS_URL:
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
                 "CONNECTION_POOL_KWARGS": _REDIS_POOL,
-                "IGNORE_EXCEPTIONS": True,
             },
         },
     }
