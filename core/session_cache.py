@@ -19,29 +19,20 @@ class BreakerRedisCache(RedisCache):
     """Never raises: a failed or skipped read is a miss, a failed or skipped write
     did not happen (the session is in the database either way)."""
 
-    def _guarded(self, fallback, operation, *args, **kwargs):
-        if redis.breaker.open:
-            return fallback
-        try:
-            return operation(*args, **kwargs)
-        except Exception as exc:
-            redis.breaker.trip("sessions", exc)
-            return fallback
-
     def get(self, key, default=None, version=None, client=None):
-        return self._guarded(default, super().get, key, default=default, version=version, client=client)
+        return redis.guarded("sessions", default, super().get, key, default=default, version=version, client=client)
 
     def set(self, *args, **kwargs):
-        return self._guarded(False, super().set, *args, **kwargs)
+        return redis.guarded("sessions", False, super().set, *args, **kwargs)
 
     def add(self, *args, **kwargs):
-        return self._guarded(False, super().add, *args, **kwargs)
+        return redis.guarded("sessions", False, super().add, *args, **kwargs)
 
     def delete(self, *args, **kwargs):
-        return self._guarded(False, super().delete, *args, **kwargs)
+        return redis.guarded("sessions", False, super().delete, *args, **kwargs)
 
     def has_key(self, *args, **kwargs):
-        return self._guarded(False, super().has_key, *args, **kwargs)
+        return redis.guarded("sessions", False, super().has_key, *args, **kwargs)
 
     def touch(self, *args, **kwargs):
-        return self._guarded(False, super().touch, *args, **kwargs)
+        return redis.guarded("sessions", False, super().touch, *args, **kwargs)
