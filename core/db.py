@@ -65,11 +65,17 @@ def database_threads() -> ThreadPoolExecutor:
         return _pool
 
 
+def _sync_caller_waits() -> bool:
+    """Whether a sync caller waits above (Django's test client): thread-sensitive
+    calls then run on its thread."""
+    return getattr(AsyncToSync.executors, "current", None) is not None
+
+
 def _on_a_request_thread() -> bool:
     """Whether thread-sensitive calls have a thread of their own here: a sync caller
     waiting above, or an entered ThreadSensitiveContext (an HTTP request). A task that
     outlived its request still sees that context, exited (its token is gone)."""
-    if getattr(AsyncToSync.executors, "current", None) is not None:
+    if _sync_caller_waits():
         return True
     context = SyncToAsync.thread_sensitive_context.get(None)
     return context is not None and context.token is not None
@@ -120,7 +126,7 @@ class RequestThreads:
         self._idle: list[_CountingExecutor] = []
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or getattr(AsyncToSync.executors, "current", None) is not None:
+        if scope["type"] != "http" or _sync_caller_waits():
             return await self.app(scope, receive, send)
         executor = self._idle.pop() if self._idle else _CountingExecutor()
         try:
