@@ -44,7 +44,7 @@ from agentsflow.testing import BASE_DIR, prepare_platform, run_server
 from bench import procs, wrk
 from bench.fake_upstream import run_fake_upstream
 from bench.machine import run_ended, run_line, run_started
-from bench.stream_overhead import baseline_checkout, platform_env, spread
+from bench.stream_overhead import baseline_checkout, interleaved, platform_env, spread, spread_text
 
 RESULTS = BASE_DIR / "bench" / "results"
 TOKENS = 16
@@ -132,8 +132,7 @@ def report(args, machine: dict, summaries: dict[str, dict]) -> str:
     for label, s in summaries.items():
         cpu, rps = s["cpu_ms"], s["rps"]
         lines.append(
-            f"| {label} | {cpu['median']:.2f} ({cpu['min']:.2f}–{cpu['max']:.2f}) "
-            f"| {rps['median']:.0f} ({rps['min']:.0f}–{rps['max']:.0f}) "
+            f"| {label} | {spread_text(cpu, '.2f')} | {spread_text(rps)} "
             f"| {s['p50_ms']['median']:.1f} | {s['p99_ms']['median']:.1f} | {s['errors']} |"
         )
     if "before" in summaries and "after" in summaries:
@@ -187,16 +186,14 @@ def main(argv: list[str] | None = None) -> None:
         # A warm-up run each: connection pools, caches and the first model call.
         for _label, server, requests_file in targets:
             wrk.run(server.url, requests_file, seconds=2, connections=args.connections, timeout=10)
-        for round_number in range(args.rounds):
-            shift = round_number % len(targets)
-            for label, server, requests_file in targets[shift:] + targets[:shift]:
-                run = measure(server.url, server.process.pid, requests_file, args)
-                runs[label].append(run)
-                print(
-                    f"round {round_number + 1} {label}: {run['rps']:.0f} requests/s, {run['cpu_ms'] or 0:.2f} CPU ms",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for round_number, (label, server, requests_file) in interleaved(targets, args.rounds):
+            run = measure(server.url, server.process.pid, requests_file, args)
+            runs[label].append(run)
+            print(
+                f"round {round_number + 1} {label}: {run['rps']:.0f} requests/s, {run['cpu_ms'] or 0:.2f} CPU ms",
+                file=sys.stderr,
+                flush=True,
+            )
     run_ended(machine)
     summaries = {label: summarise(label_runs) for label, label_runs in runs.items()}
     text = report(args, machine, summaries)

@@ -39,7 +39,7 @@ from bench.fake_upstream import run_fake_upstream
 from bench.machine import run_ended, run_line, run_started
 from bench.platform import run_platform
 from bench.run import platform_env, prepare_state, setup_django
-from bench.stream_overhead import baseline_checkout, spread
+from bench.stream_overhead import baseline_checkout, interleaved, spread, spread_text
 
 RESULTS = BASE_DIR / "bench" / "results"
 
@@ -92,8 +92,7 @@ def report(args, machine: dict, summaries: dict[str, dict], profiled: dict | Non
     for label, s in summaries.items():
         rate, p99 = s["events_per_second"], s["p99_ms"]
         lines.append(
-            f"| {label} | {rate['median']:,.0f} ({rate['min']:,.0f}–{rate['max']:,.0f}) "
-            f"| {s['p50_ms']['median']:.1f} | {p99['median']:.1f} ({p99['min']:.1f}–{p99['max']:.1f}) "
+            f"| {label} | {spread_text(rate, ',.0f')} | {s['p50_ms']['median']:.1f} | {spread_text(p99, '.1f')} "
             f"| {s['missing']} |"
         )
     kinds = sorted({name for s in summaries.values() for name in s["cpu_us_per_event"]})
@@ -158,23 +157,21 @@ def main(argv: list[str] | None = None) -> None:
             platforms.append((label, stack.enter_context(run_platform(env, checkout=checkout))))
             print(f"{label}: {platforms[-1][1].topology}", file=sys.stderr, flush=True)
             runs[label] = []
-        for round_number in range(args.rounds):
-            shift = round_number % len(platforms)
-            for label, platform in platforms[shift:] + platforms[:shift]:
-                on_go = None
-                if args.profile and label != "before" and round_number == args.rounds - 1:
-                    profile_output.parent.mkdir(parents=True, exist_ok=True)
-                    on_go = profiled_go(platform, args.profile, profile_output, spies)
-                run = ws.streamed_events(platform, keys_file, tmp, plan, on_go=on_go, others=ws.services())
-                runs[label].append(run)
-                print(
-                    f"round {round_number + 1} {label}: {run['events_per_second']:,} events/s, "
-                    f"p99 {run['latency_ms']['p99']} ms (each second: {run['p99_ms_by_second']}), "
-                    f"CPU {run['cpu_seconds_by_process']}, ASGI processes {run['asgi_cpu_seconds_by_process']}, "
-                    f"{run['seconds']} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for round_number, (label, platform) in interleaved(platforms, args.rounds):
+            on_go = None
+            if args.profile and label != "before" and round_number == args.rounds - 1:
+                profile_output.parent.mkdir(parents=True, exist_ok=True)
+                on_go = profiled_go(platform, args.profile, profile_output, spies)
+            run = ws.streamed_events(platform, keys_file, tmp, plan, on_go=on_go, others=ws.services())
+            runs[label].append(run)
+            print(
+                f"round {round_number + 1} {label}: {run['events_per_second']:,} events/s, "
+                f"p99 {run['latency_ms']['p99']} ms (each second: {run['p99_ms_by_second']}), "
+                f"CPU {run['cpu_seconds_by_process']}, ASGI processes {run['asgi_cpu_seconds_by_process']}, "
+                f"{run['seconds']} s",
+                file=sys.stderr,
+                flush=True,
+            )
     run_ended(machine)
     profiled = None
     if spies:

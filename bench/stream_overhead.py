@@ -354,6 +354,20 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def spread_text(spread: dict, spec: str = ".0f") -> str:
+    """ "median (min–max)", each value formatted with ``spec``."""
+    return f"{spread['median']:{spec}} ({spread['min']:{spec}}–{spread['max']:{spec}})"
+
+
+def interleaved(items: list, rounds: int):
+    """(round number, item) for ``rounds`` rounds over ``items``, the order rotating
+    every round, so load on the machine that drifts meanwhile shifts every item alike."""
+    for round_number in range(rounds):
+        shift = round_number % len(items)
+        for item in items[shift:] + items[:shift]:
+            yield round_number, item
+
+
 def summarise(runs: list[dict], tokens: int, key: str) -> dict:
     row = {
         "failed_streams": sum(r["failed"] for r in runs),
@@ -515,7 +529,7 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
         ]
         for name, row in summary[mode].items():
             failed = f"{row['failed_streams']}/{row['streams']}"
-            cpu = _fmt(row["cpu_us_per_token"], 1) if "cpu_us_per_token" in row else "—"
+            cpu = spread_text(row["cpu_us_per_token"], ".1f") if "cpu_us_per_token" in row else "—"
             if "total_ms" not in row:
                 lines.append(f"| {name} | {cpu} | — | — | — | — | — | — | {failed} |")
                 continue
@@ -527,10 +541,10 @@ def report(args: argparse.Namespace, machine: dict, raw: dict) -> tuple[str, dic
                 )
                 continue
             # With many streams at once, "after the first token" has no single meaning.
-            after_first = _fmt(spread["us_per_token_after_first"]) if mode == "sequential" else "—"
+            after_first = spread_text(spread["us_per_token_after_first"]) if mode == "sequential" else "—"
             lines.append(
-                f"| {name} | {timing} | {_fmt(spread['us_per_token'])} | {after_first} "
-                f"| {_fmt(spread['ttft_delta_ms'], 1)} | {failed} |"
+                f"| {name} | {timing} | {spread_text(spread['us_per_token'])} | {after_first} "
+                f"| {spread_text(spread['ttft_delta_ms'], '.1f')} | {failed} |"
             )
         if args.baseline:
             lines += ["", *cpu_ratio_lines(raw[mode])]
@@ -560,12 +574,8 @@ def cpu_ratio_lines(cells: dict[str, list[dict]]) -> list[str]:
         ]
         if ratios:
             label = name.replace("/after", "")
-            lines.append(f"- {label}: server CPU after ÷ before, per round: {_fmt(spread(ratios), 3)}")
+            lines.append(f"- {label}: server CPU after ÷ before, per round: {spread_text(spread(ratios), '.3f')}")
     return lines
-
-
-def _fmt(spread: dict, digits: int = 0) -> str:
-    return f"{spread['median']:.{digits}f} ({spread['min']:.{digits}f}–{spread['max']:.{digits}f})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,3 +61,21 @@ def test_streamed_events_window():
     assert ws._steady_window(overlapping) == (1 * second, 5 * second, "all streams running")
     staggered = [{"first": i * second, "last": i * second + second // 2} for i in range(4)]
     assert ws._steady_window(staggered)[2] == "first delta to last (the streams did not overlap)"
+
+
+def test_interleaved_rounds_rotate_the_order():
+    from bench.stream_overhead import interleaved
+
+    assert list(interleaved(["a", "b", "c"], 3)) == [
+        (0, "a"), (0, "b"), (0, "c"),
+        (1, "b"), (1, "c"), (1, "a"),
+        (2, "c"), (2, "a"), (2, "b"),
+    ]  # fmt: skip
+
+
+def test_spread_text_formats_median_and_range():
+    from bench.stream_overhead import spread, spread_text
+
+    assert spread_text(spread([1000.0, 1234.4, 2000.0]), ",.0f") == "1,234 (1,000–2,000)"
+    assert spread_text(spread([0.5, 0.25])) == "0 (0–0)"
+    assert spread_text(spread([0.5, 0.25]), ".2f") == "0.38 (0.25–0.50)"
