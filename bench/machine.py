@@ -47,7 +47,7 @@ def load_average() -> list[float]:
 
 
 def _load_text() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return " ".join(f"{x:.2f}" for x in load_average())
 
 
 def run_started() -> dict:

@@ -188,6 +188,11 @@ class StreamPlan:
         return self.sockets * self.tokens_per_second
 
 
+def _cpu_by_pid(kinds: dict[str, list[int]]) -> dict[int, float]:
+    """CPU seconds used so far by each process of ``kinds`` (read once a process)."""
+    return {pid: procs.cpu_seconds([pid]) for pids in kinds.values() for pid in pids}
+
+
 def services() -> dict[str, list[int]]:
     """The processes a stream passes through besides the platform's servers, for
     the CPU split: the fake model, Redis and PostgreSQL."""
@@ -265,19 +270,18 @@ def streamed_events(
         kinds = {name: platform.pids(name) for name in platform.roots}
         kinds["ws clients"] = [p.process.pid for p in processes]
         kinds.update(others or {})
-        cpu_before = {name: procs.cpu_seconds(pids) for name, pids in kinds.items()}
-        asgi_before = {pid: procs.cpu_seconds([pid]) for pid in platform.pids("asgi")}
+        cpu_before = _cpu_by_pid(kinds)
         started = time.monotonic()
         for process in processes:
             process.tell("go")
         timeout = plan.tokens / plan.tokens_per_second * 4 + 60
         results = [p.wait_for("streamed", timeout=timeout) for p in processes]
         elapsed = time.monotonic() - started
-        cpu_by_kind = {name: round(procs.cpu_seconds(pids) - cpu_before[name], 2) for name, pids in kinds.items()}
+        cpu_after = _cpu_by_pid(kinds)
+        used = {pid: cpu_after[pid] - cpu_before[pid] for pid in cpu_before}
+        cpu_by_kind = {name: round(sum(used[pid] for pid in pids), 2) for name, pids in kinds.items()}
         # One busy worker queues its sockets' events however idle the other is.
-        asgi_by_process = sorted(
-            (round(procs.cpu_seconds([pid]) - before, 2) for pid, before in asgi_before.items()), reverse=True
-        )
+        asgi_by_process = sorted((round(used[pid], 2) for pid in kinds.get("asgi", [])), reverse=True)
         cpu = sum(cpu_by_kind[name] for name in platform.roots)
     finally:
         for process in processes:
@@ -296,14 +300,16 @@ def streamed_events(
     streaming = [s for s in sockets if s["first"] is not None]
     window_start, window_end, window_kind = _steady_window(streaming)
     window = (window_end - window_start) / 1e9
-    in_window = sorted(lat for at, lat in zip(received, latencies, strict=True) if window_start <= at <= window_end)
+    samples_in_window = [
+        (at, lat) for at, lat in zip(received, latencies, strict=True) if window_start <= at <= window_end
+    ]
+    in_window = sorted(lat for _, lat in samples_in_window)
     everything = sorted(latencies)
     # Steady queueing (the workers short of CPU) shows in every second; pauses (a
     # garbage collection, a slow Redis round trip) in a few.
     by_second: dict[int, list[int]] = {}
-    for at, lat in zip(received, latencies, strict=True):
-        if window_start <= at <= window_end:
-            by_second.setdefault((at - window_start) // 1_000_000_000, []).append(lat)
+    for at, lat in samples_in_window:
+        by_second.setdefault((at - window_start) // 1_000_000_000, []).append(lat)
     p99_by_second = [round(percentile(sorted(v), 0.99) / 1e6, 1) for _, v in sorted(by_second.items())]
     first_delta = sorted((s["first"] - s["sent"]) for s in streaming)
     return {
