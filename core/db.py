@@ -23,15 +23,12 @@ thread with SQLite, as before).
 
 from __future__ import annotations
 
-import datetime
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 from django.conf import settings
 from django.db import connections
-from django.db.backends.signals import connection_created
-from django.dispatch import receiver
 
 
 def release_connections() -> None:
@@ -137,45 +134,3 @@ class RequestThreads:
                 self._idle.append(executor)
             else:
                 executor.shutdown(wait=False)
-
-
-# --- timestamps in C ---------------------------------------------------------------
-
-
-def _c_timestamptz_loader():
-    try:
-        from psycopg import _cmodule
-    except ImportError:  # psycopg 2 or no psycopg: SQLite
-        return None
-    return getattr(_cmodule._psycopg, "TimestamptzLoader", None) if _cmodule._psycopg else None
-
-
-_CLoader = _c_timestamptz_loader()
-
-
-if _CLoader is not None:
-    from psycopg.adapt import Loader
-
-    class UtcTimestamptzLoader(Loader):
-        """psycopg's C timestamptz loader, for connections whose time zone is UTC.
-        Django registers a Python subclass of psycopg's Python loader (to attach its
-        time zone), which parsed every timestamp in Python: 17 % of the CPU of a page
-        of 50 conversations. On a UTC connection the C loader's values are the same
-        (``tzinfo`` is ``datetime.UTC``); ``timezone`` is what Django checks to keep it."""
-
-        timezone = datetime.UTC
-
-        def __init__(self, oid, context=None):
-            super().__init__(oid, context)
-            self._load = _CLoader(oid, context).load
-
-        def load(self, data):
-            return self._load(data)
-
-
-@receiver(connection_created)
-def _load_timestamps_in_c(sender, connection, **kwargs) -> None:
-    if _CLoader is None or connection.vendor != "postgresql" or connection.timezone is not datetime.UTC:
-        return
-    if connection.connection.info.parameter_status("TimeZone") == "UTC":
-        connection.connection.adapters.register_loader("timestamptz", UtcTimestamptzLoader)

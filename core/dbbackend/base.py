@@ -1,5 +1,6 @@
 """The PostgreSQL backend: django-prometheus's (query metrics), whose connection
-pool checks a connection before handing it out without a round trip.
+pool checks a connection before handing it out without a round trip, and whose
+connections parse timestamps in C.
 
 psycopg_pool's own check (Django's, with CONN_HEALTH_CHECKS) sends an empty
 query and waits for the answer: a round trip on every checkout, so on every
@@ -13,10 +14,12 @@ both checks alike: the empty query would wait for TCP to give up.)
 
 from __future__ import annotations
 
+import datetime
 import select
 
 import psycopg
 from django_prometheus.db.backends.postgresql import base
+from psycopg.adapt import Loader
 
 
 def check_connection(conn: psycopg.Connection) -> None:
@@ -31,6 +34,32 @@ def check_connection(conn: psycopg.Connection) -> None:
         raise psycopg.OperationalError("the server closed the connection, or spoke on it, while it was idle")
 
 
+def _c_timestamptz_loader():
+    from psycopg import _cmodule
+
+    return getattr(_cmodule._psycopg, "TimestamptzLoader", None) if _cmodule._psycopg else None
+
+
+_CLoader = _c_timestamptz_loader()  # None with psycopg's pure-Python build
+
+
+class UtcTimestamptzLoader(Loader):
+    """psycopg's C timestamptz loader, for connections whose time zone is UTC.
+    Django registers a Python subclass of psycopg's Python loader (to attach its
+    time zone), which parsed every timestamp in Python: 17 % of the CPU of a page
+    of 50 conversations. On a UTC connection the C loader's values are the same
+    (``tzinfo`` is ``datetime.UTC``); ``timezone`` is what Django checks to keep it."""
+
+    timezone = datetime.UTC
+
+    def __init__(self, oid, context=None):
+        super().__init__(oid, context)
+        self._load = _CLoader(oid, context).load
+
+    def load(self, data):
+        return self._load(data)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self):
@@ -40,3 +69,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if pool is not None and pool._check is not check_connection:
             pool._check = check_connection
         return pool
+
+    def _configure_connection(self, connection):
+        """Django's set-up of a new connection (run once per connection: by the pool, or
+        on connecting without one), then the C timestamp loader where the session is UTC."""
+        commit = super()._configure_connection(connection)
+        if (
+            _CLoader is not None
+            and self.timezone is datetime.UTC
+            and connection.info.parameter_status("TimeZone") == "UTC"
+        ):
+            connection.adapters.register_loader("timestamptz", UtcTimestamptzLoader)
+        return commit

@@ -23,7 +23,7 @@ def _load(cursor) -> list[datetime.datetime]:
 
 
 def test_timestamps_load_in_c_with_djangos_values():
-    from core.db import UtcTimestamptzLoader
+    from core.dbbackend.base import UtcTimestamptzLoader
 
     with connection.cursor() as cursor:
         assert cursor.cursor.adapters.get_loader(1184, 0) is UtcTimestamptzLoader  # timestamptz, text
