@@ -32,10 +32,21 @@ def test_message_storage_is_built_only_when_used():
     assert "messages" in response.cookies  # stored for the next page, as Django does
 
 
-def test_json_is_chosen_without_negotiating_and_other_formats_still_get_406(api):
+def test_json_is_chosen_without_negotiating_and_other_formats_still_get_406(api, monkeypatch):
+    from rest_framework.negotiation import DefaultContentNegotiation
+
+    negotiated = []
+    drf_select = DefaultContentNegotiation.select_renderer
+
+    def counted(self, request, renderers, format_suffix=None):
+        negotiated.append(request.META.get("HTTP_ACCEPT", ""))
+        return drf_select(self, request, renderers, format_suffix)
+
+    monkeypatch.setattr(DefaultContentNegotiation, "select_renderer", counted)
     for accept in ("", "*/*", "application/json", "application/json; indent=2", "text/html, */*;q=0.8"):
         response = api.get("/api/me", HTTP_ACCEPT=accept)
         assert response.status_code == 200 and response["Content-Type"] == "application/json", accept
+    assert negotiated == ["application/json; indent=2", "text/html, */*;q=0.8"]  # the rest skipped DRF's parse
     refused = api.get("/api/me", HTTP_ACCEPT="text/csv")
     assert refused.status_code == 406 and refused.json()["code"]
 
