@@ -44,7 +44,7 @@ from agentsflow.testing import BASE_DIR, prepare_platform, run_server
 from bench import procs, wrk
 from bench.fake_upstream import run_fake_upstream
 from bench.machine import run_ended, run_line, run_started
-from bench.stream_overhead import baseline_checkout, interleaved, platform_env, spread, spread_text
+from bench.stream_overhead import checkouts_to_compare, interleaved, platform_env, spread, spread_text
 
 RESULTS = BASE_DIR / "bench" / "results"
 TOKENS = 16
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         upstream = stack.enter_context(run_fake_upstream(separate_process=True, tokens=TOKENS))
         env = platform_env(upstream, TOKENS, tmp, "services")
         key = prepare_platform(env).key
-        checkouts = [("after" if args.baseline else "this checkout", BASE_DIR)]
-        if args.baseline:
-            checkouts.insert(0, ("before", stack.enter_context(baseline_checkout(args.baseline))))
+        checkouts = checkouts_to_compare(stack, args.baseline)
         # Seeded through a uvicorn server of its own: under WSGI a send's reply may
         # die with the request's throw-away event loop (agentsflow/serving.py).
         print("seeding", file=sys.stderr, flush=True)

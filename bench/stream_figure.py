@@ -39,7 +39,7 @@ from bench.fake_upstream import run_fake_upstream
 from bench.machine import run_ended, run_line, run_started
 from bench.platform import run_platform
 from bench.run import platform_env, prepare_state, setup_django
-from bench.stream_overhead import baseline_checkout, interleaved, spread, spread_text
+from bench.stream_overhead import checkouts_to_compare, interleaved, spread, spread_text
 
 RESULTS = BASE_DIR / "bench" / "results"
 
@@ -149,9 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare_state(redis_url)
         keys_file = tmp / "keys.txt"
         keys_file.write_text(key + "\n")
-        checkouts = [("after" if args.baseline else "this checkout", BASE_DIR)]
-        if args.baseline:
-            checkouts.insert(0, ("before", stack.enter_context(baseline_checkout(args.baseline))))
+        checkouts = checkouts_to_compare(stack, args.baseline)
         platforms = []
         for label, checkout in checkouts:
             platforms.append((label, stack.enter_context(run_platform(env, checkout=checkout))))

@@ -332,6 +332,15 @@ def baseline_checkout(ref: str) -> Iterator[Path]:
         yield Path(directory)
 
 
+def checkouts_to_compare(stack: contextlib.ExitStack, baseline: str) -> list[tuple[str, Path]]:
+    """(label, project directory) of each platform a comparison runs: this checkout
+    alone, or the one at git ``baseline`` ("before", exported for ``stack``'s life)
+    and this one ("after")."""
+    if not baseline:
+        return [("this checkout", BASE_DIR)]
+    return [("before", stack.enter_context(baseline_checkout(baseline))), ("after", BASE_DIR)]
+
+
 # --- the run --------------------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ from agentsflow.testing import BASE_DIR, fresh_database_env, loopback_production
 from bench import procs, ws
 from bench.machine import run_ended, run_line, run_started
 from bench.platform import Platform, run_platform
-from bench.stream_overhead import baseline_checkout
+from bench.stream_overhead import checkouts_to_compare, interleaved
 
 RESULTS = BASE_DIR / "bench" / "results"
 WARM_UP_SOCKETS = 200
@@ -288,23 +288,19 @@ def main(argv: list[str] | None = None) -> None:
         env = platform_env(tmp, heap_dir)
         keys_file = tmp / "keys.txt"
         keys_file.write_text(prepare_platform(env).key + "\n")
-        checkouts = [("after" if args.baseline else "this checkout", BASE_DIR)]
-        if args.baseline:
-            checkouts.insert(0, ("before", stack.enter_context(baseline_checkout(args.baseline))))
+        checkouts = checkouts_to_compare(stack, args.baseline)
         runs: dict[str, list[dict]] = {label: [] for label, _ in checkouts}
-        for number in range(args.rounds):
-            shift = number % len(checkouts)
-            for label, checkout in checkouts[shift:] + checkouts[:shift]:
-                print(f"round {number + 1}: {label}", file=sys.stderr, flush=True)
-                with run_platform(env, checkout=checkout) as platform:
-                    runs[label].append(measure(platform, keys_file, tmp, args, heap_dir))
-                total = runs[label][-1]["kinds"]["total"]
-                print(
-                    f"  {label}: RSS {total['rss_before_mb']} -> {total['rss_held_mb']} MB, "
-                    f"{total['rss_kb_per_socket']} KB a socket",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for number, (label, checkout) in interleaved(checkouts, args.rounds):
+            print(f"round {number + 1}: {label}", file=sys.stderr, flush=True)
+            with run_platform(env, checkout=checkout) as platform:
+                runs[label].append(measure(platform, keys_file, tmp, args, heap_dir))
+            total = runs[label][-1]["kinds"]["total"]
+            print(
+                f"  {label}: RSS {total['rss_before_mb']} -> {total['rss_held_mb']} MB, "
+                f"{total['rss_kb_per_socket']} KB a socket",
+                file=sys.stderr,
+                flush=True,
+            )
     run_ended(machine)
     text = report(args, machine, runs)
     print(text)
