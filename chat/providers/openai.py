@@ -1,7 +1,7 @@
 """Any OpenAI-compatible chat server: OpenAI, Mistral, Ollama, vLLM, llama.cpp server, LM Studio.
 
 Streams ``POST {base_url}/chat/completions`` as server-sent events over one
-pooled ``httpx.AsyncClient`` per event loop. Failures before the first byte of
+connection pool per event loop (``http1``). Failures before the first byte of
 the answer (refused or reset connections, 429 and 5xx answers) are retried with
 a short backoff and end as ``ProviderUnavailable``; once the answer has begun
 nothing is retried, so a user never sees text twice.
@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from http import HTTPStatus
 from typing import Any
 
-import httpx
 import orjson
 
-from chat.providers.asyncio_network import pooled_transport
+from chat.providers import http1
 from chat.providers.base import (
     Chunk,
     CompletionRequest,
@@ -35,15 +34,12 @@ from chat.providers.base import (
 # Worth another try: the upstream is overloaded or restarting, and said so before answering.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY_BYTES = 16 * 1024
-# Every stream in flight holds a connection: the pool must not be what limits concurrency.
-POOL_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, http1.Pool] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
-def http_client() -> httpx.AsyncClient:
-    """The pooled client of the running event loop, created on first use.
+def http_client() -> http1.Pool:
+    """The connection pool of the running event loop, created on first use.
 
     Connections belong to the loop that opened them, so each loop has its own
     client: one per process under the ASGI server, one per test loop in tests.
@@ -55,12 +51,12 @@ def http_client() -> httpx.AsyncClient:
             # A client holds its loop alive through its connections; forget those of closed loops.
             for stale in [other for other in _clients if other.is_closed()]:
                 del _clients[stale]
-            client = _clients[loop] = httpx.AsyncClient(transport=pooled_transport(POOL_LIMITS), follow_redirects=False)
+            client = _clients[loop] = http1.Pool(max_idle=200, idle_expiry=30)
     return client
 
 
 async def close_http_client() -> None:
-    """Close the running loop's client and its connections (at shutdown, or when a test's loop ends)."""
+    """Close the running loop's pool and its idle connections (at shutdown, or when a test's loop ends)."""
     with _clients_lock:
         client = _clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
@@ -91,10 +87,9 @@ class OpenAIProvider:
         self._headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
-        # The read timeout bounds each wait for bytes: the time to first token, and every gap after it.
-        self._timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-        )
+        self._connect_timeout = connect_timeout
+        # It bounds each wait for bytes: the time to first token, and every gap after it.
+        self._read_timeout = read_timeout
 
     def __repr__(self) -> str:
         return f"<OpenAIProvider {self.name} {self.base_url}>"
@@ -112,12 +107,18 @@ class OpenAIProvider:
         """
         response = await self._open(request)
         try:
-            # Some servers ignore ``stream: true`` and answer in one piece.
-            whole = response.headers.get("content-type", "").startswith("application/json")
-            reader = self._read_whole if whole else self._read_events
-            async with aclosing(reader(response, request)) as chunks:
-                async for chunk in chunks:
+            if response.headers.get("content-type", "").startswith("application/json"):
+                # Some servers ignore ``stream: true`` and answer in one piece.
+                for chunk in await self._read_whole(response, request):
                     yield chunk
+                return
+            answer = StreamedAnswer(self.name, request)
+            while True:
+                piece = await self._receive(response)  # b"" once the body has ended
+                for chunk in answer.feed(piece) if piece else answer.end():
+                    yield chunk
+                if not piece:
+                    return
         finally:
             await response.aclose()
 
@@ -134,21 +135,20 @@ class OpenAIProvider:
             payload["stop"] = list(request.stop)
         return payload
 
-    async def _open(self, request: CompletionRequest) -> httpx.Response:
+    async def _open(self, request: CompletionRequest) -> http1.Response:
         """Send the request, retrying failures before the first byte; return a 200 response, body unread."""
-        client = http_client()
         body = orjson.dumps(self._payload(request))
         retry = 0
         while True:
-            outgoing = client.build_request(
-                "POST", self._url, content=body, headers=self._headers, timeout=self._timeout
-            )
             try:
-                response = await client.send(outgoing, stream=True)
-            except httpx.ReadTimeout as exc:
+                response = await http_client().request(
+                    b"POST", self._url, self._headers, body,
+                    connect_timeout=self._connect_timeout, read_timeout=self._read_timeout,
+                )  # fmt: skip
+            except http1.ReadTimeout as exc:
                 # The upstream took the request and is still working on it: asking again would only add load.
-                raise ProviderTimeout(f"{self.name}: no answer within {self._timeout.read} s") from exc
-            except httpx.TransportError as exc:
+                raise ProviderTimeout(f"{self.name}: no answer within {self._read_timeout} s") from exc
+            except http1.TransportError as exc:
                 failure: ProviderUnavailable | ProviderFailed = ProviderUnavailable(
                     f"{self.name}: cannot reach {self.base_url}: {_describe(exc)}"
                 )
@@ -164,15 +164,12 @@ class OpenAIProvider:
             await asyncio.sleep(backoff_delay(retry))
             retry += 1
 
-    async def _error_answer(self, response: httpx.Response) -> ProviderUnavailable | ProviderFailed:
+    async def _error_answer(self, response: http1.Response) -> ProviderUnavailable | ProviderFailed:
         """The error an upstream's non-200 answer stands for, with the upstream's own message."""
         raw = b""
         try:
-            async for piece in response.aiter_bytes():
-                raw += piece
-                if len(raw) >= MAX_ERROR_BODY_BYTES:
-                    break
-        except httpx.HTTPError:
+            raw = await response.read(limit=MAX_ERROR_BODY_BYTES)
+        except http1.TransportError:
             pass  # the status alone says enough
         finally:
             await response.aclose()
@@ -181,53 +178,73 @@ class OpenAIProvider:
             return ProviderUnavailable(message)
         return ProviderFailed(message)
 
-    async def _read_events(self, response: httpx.Response, request: CompletionRequest) -> AsyncIterator[Chunk]:
-        parts: list[str] = []
-        finish: FinishReason | None = None
-        usage: Usage | None = None
-        done = False
+    async def _receive(self, response: http1.Response) -> bytes:
         try:
-            async with aclosing(_sse_data(response)) as events:
-                async for data in events:
-                    if done:
-                        continue  # read to the end of the body, so the connection goes back to the pool
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    event = orjson.loads(data)
-                    if event.get("error"):
-                        raise ProviderFailed(f"{self.name}: upstream error mid-stream: {_message_of(event)}")
-                    content, event_finish = _first_choice(event)
-                    finish = event_finish or finish
-                    usage = _usage(event.get("usage")) or usage
-                    if content:
-                        parts.append(content)
-                        yield Chunk(delta=content)
-        except httpx.ReadTimeout as exc:
-            raise ProviderTimeout(f"{self.name}: the stream stalled for {self._timeout.read} s") from exc
-        except httpx.TransportError as exc:
+            return await response.receive()
+        except http1.ReadTimeout as exc:
+            raise ProviderTimeout(f"{self.name}: the stream stalled for {self._read_timeout} s") from exc
+        except http1.TransportError as exc:
             raise ProviderFailed(f"{self.name}: the stream broke off: {_describe(exc)}") from exc
-        except (ValueError, TypeError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
-            raise ProviderFailed(f"{self.name}: unreadable stream event: {exc}") from exc
-        if finish is None and not done:
-            raise ProviderFailed(f"{self.name}: the stream ended before the answer was complete")
-        yield Chunk(finish_reason=finish or "stop", usage=usage or _estimated_usage(request, parts))
 
-    async def _read_whole(self, response: httpx.Response, request: CompletionRequest) -> AsyncIterator[Chunk]:
+    async def _read_whole(self, response: http1.Response, request: CompletionRequest) -> list[Chunk]:
         try:
-            body = orjson.loads(await response.aread())
+            body = orjson.loads(await response.read())
             choice = body["choices"][0]
             content = (choice.get("message") or {}).get("content") or ""
             finish = _finish_reason(choice.get("finish_reason") or "stop")
-        except httpx.ReadTimeout as exc:
-            raise ProviderTimeout(f"{self.name}: the answer stalled for {self._timeout.read} s") from exc
-        except httpx.TransportError as exc:
+        except http1.ReadTimeout as exc:
+            raise ProviderTimeout(f"{self.name}: the answer stalled for {self._read_timeout} s") from exc
+        except http1.TransportError as exc:
             raise ProviderFailed(f"{self.name}: the answer broke off: {_describe(exc)}") from exc
         except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
             raise ProviderFailed(f"{self.name}: unreadable answer: {exc}") from exc
-        if content:
-            yield Chunk(delta=content)
-        yield Chunk(finish_reason=finish, usage=_usage(body.get("usage")) or _estimated_usage(request, [content]))
+        last = Chunk(finish_reason=finish, usage=_usage(body.get("usage")) or _estimated_usage(request, [content]))
+        return [Chunk(delta=content), last] if content else [last]
+
+
+class StreamedAnswer:
+    """The chunks of a streamed answer, from the pieces of its body as they arrive."""
+
+    def __init__(self, provider: str, request: CompletionRequest) -> None:
+        self.provider = provider
+        self.request = request
+        self.parser = SSEDataParser()
+        self.parts: list[str] = []
+        self.finish: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.done = False  # [DONE] came; what follows is read (so the connection can be reused) and ignored
+
+    def feed(self, piece: bytes) -> Iterator[Chunk]:
+        return self._chunks(self.parser.feed(piece))
+
+    def end(self) -> Iterator[Chunk]:
+        """The last chunks, with the finish reason and usage, once the body has ended."""
+        yield from self._chunks(self.parser.close())
+        if self.finish is None and not self.done:
+            raise ProviderFailed(f"{self.provider}: the stream ended before the answer was complete")
+        usage = self.usage or _estimated_usage(self.request, self.parts)
+        yield Chunk(finish_reason=self.finish or "stop", usage=usage)
+
+    def _chunks(self, events: list[bytes]) -> Iterator[Chunk]:
+        """One chunk per event with content, as each is read: a bad event fails after those before it."""
+        for data in events:
+            if self.done:
+                continue
+            if data == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = orjson.loads(data)
+                if event.get("error"):
+                    raise ProviderFailed(f"{self.provider}: upstream error mid-stream: {_message_of(event)}")
+                content, finish = _first_choice(event)
+                self.usage = _usage(event.get("usage")) or self.usage
+            except (ValueError, TypeError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                raise ProviderFailed(f"{self.provider}: unreadable stream event: {exc}") from exc
+            self.finish = finish or self.finish
+            if content:
+                self.parts.append(content)
+                yield Chunk(delta=content)
 
 
 class SSEDataParser:
@@ -268,16 +285,6 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(values) if values else None
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The data of each server-sent event; other fields and comments carry nothing we use."""
-    parser = SSEDataParser()
-    async for piece in response.aiter_bytes():
-        for data in parser.feed(piece):
-            yield data
-    for data in parser.close():
-        yield data
-
-
 def _first_choice(event: dict[str, Any]) -> tuple[str, FinishReason | None]:
     """The content delta and finish reason of choice 0 in a stream event (we never ask for more choices)."""
     for choice in event.get("choices") or ():
@@ -305,12 +312,12 @@ def _finish_reason(raw: str) -> FinishReason:
     return "length" if raw == "length" else "stop"
 
 
-def _error_message(raw: bytes, response: httpx.Response) -> str:
+def _error_message(raw: bytes, response: http1.Response) -> str:
     try:
         message = _message_of(orjson.loads(raw))
     except ValueError:
         message = raw.decode("utf-8", "replace").strip()
-    return message[:500] or response.reason_phrase
+    return message[:500] or _reason(response.status_code)
 
 
 def _message_of(body: Any) -> str:
@@ -323,5 +330,12 @@ def _message_of(body: Any) -> str:
     return str(error)
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"status {status}"
+
+
+def _describe(exc: http1.TransportError) -> str:
     return str(exc) or type(exc).__name__
