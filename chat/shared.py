@@ -213,7 +213,7 @@ class Shipper:
 
     async def _write_and_read(self, commands: list[list]) -> None:
         connection = await self._connected()
-        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        await connection.send_packed_command(pack_commands(commands), check_health=False)
         for _ in commands:
             await connection.read_response()  # raises on an error reply
 
@@ -235,6 +235,26 @@ class Shipper:
 
 
 _shipper = per_event_loop(Shipper)
+
+
+def pack_commands(commands: list[list]) -> bytes:
+    """Commands of str, bytes, int and float arguments in Redis's protocol (RESP2).
+
+    redis-py's own packing checks and encodes each argument in several calls; with
+    an argument per event it was a tenth of a streaming worker's CPU (py-spy).
+    """
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                arg = arg.encode()
+            elif isinstance(arg, int):
+                arg = b"%d" % arg
+            elif isinstance(arg, float):
+                arg = repr(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
 
 
 _store: MemoryStore | RedisStore | None = None

@@ -15,6 +15,7 @@ and no redirects, proxies, cookies or compression (nothing asks for gzip).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import ssl
@@ -84,6 +85,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
@@ -185,9 +188,29 @@ class _Connection(asyncio.Protocol):
     # --- used by Pool and Response ----------------------------------------------------------
 
     async def wait(self, timeout: float | None) -> None:
-        """Until something arrives or the connection ends; ReadTimeout after ``timeout`` seconds."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        await _within(self._waiter, timeout, ReadTimeout(f"no bytes from the upstream within {timeout} s"))
+        """Until something arrives or the connection ends; ReadTimeout after ``timeout`` seconds.
+
+        A stream waits once a token, so a wait only moves the deadline: the
+        connection's one timer, when it fires early, sets itself again for it.
+        """
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._deadline = loop.time() + timeout if timeout is not None else math.inf
+        if self._timer is None and timeout is not None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
+        try:
+            await self._waiter
+        except TimeoutError:
+            raise ReadTimeout(f"no bytes from the upstream within {timeout} s") from None
+
+    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._waiter is None or self._waiter.done() or self._deadline == math.inf:
+            return  # no wait in progress, or one without a limit: the next timed wait sets a timer
+        if loop.time() >= self._deadline:
+            self._waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
 
     async def write(self, data: bytes, timeout: float | None) -> None:
         if self.closed or self.transport.is_closing():
@@ -210,6 +233,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 

@@ -238,6 +238,15 @@ async def test_garbage_mid_stream_fails(upstream):
     assert deltas == ["The ", "quick "]
 
 
+async def test_the_read_timeout_bounds_each_gap_not_the_whole_answer(upstream):
+    started = time.monotonic()
+
+    chunks = await collect(make_provider(upstream, read_timeout=0.3).stream(make_request("tps-10+tokens-8")))
+
+    assert time.monotonic() - started > 0.6  # twice the timeout, in gaps of 0.1 s
+    assert len(chunks) == 9 and chunks[-1].finish_reason == "stop"
+
+
 async def test_a_stall_mid_stream_is_a_timeout(upstream):
     deltas: list[str] = []
 

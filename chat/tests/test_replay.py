@@ -104,3 +104,15 @@ async def test_a_connection_redis_closed_is_replaced_at_once_without_failing_the
     assert await shipper.ship(_append_and_publish(987_730, [2], "af-test-shipper")) is True
     assert not redis.breaker.open
     assert _seqs(await shared.replay_read(987_730, 0)) == [1, 2]
+
+
+def test_commands_are_packed_as_redis_py_packs_them():
+    from redis.connection import Connection
+
+    commands = [
+        ["ZADD", "replay:1", 1, b'{"n": "\\n"}', 2, b"\x00\xff"],
+        ["EXPIRE", "replay:1", 3600],
+        ["PUBLISH", "chän", b""],
+        ["SET", "x", 0.25, "EX", -1],
+    ]
+    assert shared.pack_commands(commands) == b"".join(Connection().pack_commands(commands))
