@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import time
+from typing import NamedTuple
 
 import orjson
 from channels.consumer import get_handler_name
@@ -53,6 +54,10 @@ REFILL_PER_SECOND = 10.0  # sustained messages per second
 FLOOD_DROPS = 60  # throttled messages tolerated before the socket is closed (1008)
 
 
+class _SourceFailed(NamedTuple):
+    error: Exception
+
+
 class _NotYours(Exception):
     """Another user's conversation or message: the socket is closed with 4404."""
 
@@ -72,20 +77,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _dispatch_until_closed(self, receive) -> None:
         """Channels' await_many_dispatch over the client and, once opened, the
-        socket's channel: one message handled at a time, in arrival order."""
-        self._sources, self._waiting = [receive], [asyncio.ensure_future(receive())]
+        socket's channel: one message handled at a time, in arrival order.
+
+        Each source has a task that hands its messages to one queue, where channels
+        waits on both with asyncio.wait and starts a new task per message: with a
+        token every 20 ms per socket, that bookkeeping cost more than the frame.
+        The queue holds one message, so neither source reads far ahead.
+        """
+        self._inbox: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._pumps = [asyncio.create_task(self._pump(receive))]
         try:
             while True:
-                await asyncio.wait(self._waiting, return_when=asyncio.FIRST_COMPLETED)
-                for index, task in enumerate(self._waiting):
-                    if task.done():
-                        await self.dispatch(task.result())
-                        self._waiting[index] = asyncio.ensure_future(self._sources[index]())
+                message = await self._inbox.get()
+                if isinstance(message, _SourceFailed):
+                    raise message.error
+                await self.dispatch(message)
         finally:
-            for task in self._waiting:
+            for task in self._pumps:
                 task.cancel()  # the channel's receive unsubscribes from the layer when cancelled
+            for task in self._pumps:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _pump(self, source) -> None:
+        try:
+            while True:
+                await self._inbox.put(await source())
+        except Exception as exc:  # raised in the dispatching task, as channels does
+            await self._inbox.put(_SourceFailed(exc))
 
     async def _channel(self) -> str:
         """This socket's channel on the layer: opened on first use, listened to from then on."""
@@ -97,8 +116,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 # first command, then reconnects (resilience F1 caught it once in four).
                 self.channel_name = await self.channel_layer.new_channel()
             receive = functools.partial(self.channel_layer.receive, self.channel_name)
-            self._sources.append(receive)
-            self._waiting.append(asyncio.ensure_future(receive()))
+            self._pumps.append(asyncio.create_task(self._pump(receive)))
         return self.channel_name
 
     async def connect(self) -> None:
