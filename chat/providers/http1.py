@@ -44,6 +44,10 @@ class ConnectTimeout(ConnectError):
     pass
 
 
+class PoolTimeout(ConnectError):
+    """Every connection the pool may open was in use for the whole connect timeout."""
+
+
 class ReadTimeout(TransportError):
     pass
 
@@ -287,11 +291,11 @@ class Response:
                 return connection.take()
             if connection.complete:
                 self._connection = None
-                self._pool.release(connection)
+                self._pool.give_back(connection)
                 return b""
             if connection.closed:
                 self._connection = None
-                connection.close()
+                self._pool.give_back(connection)
                 raise ReadError(str(connection.error or "the upstream closed the connection mid-answer"))
             await connection.wait(self._read_timeout)
 
@@ -308,18 +312,22 @@ class Response:
     async def aclose(self) -> None:
         if self._connection is not None:
             self._connection.close()
+            self._pool.give_back(self._connection)
             self._connection = None
 
 
 class Pool:
     """Kept-alive connections per origin, for one event loop.
 
-    There is no cap on connections in use: every stream in flight holds one, and
-    the number of streams is bounded upstream of this (the generation slots).
-    At most ``max_idle`` wait for reuse, each for ``idle_expiry`` seconds.
+    Every stream in flight holds a connection, at most ``max_connections`` at
+    once: one more request waits for a free one up to its connect timeout, then
+    fails with PoolTimeout. At most ``max_idle`` wait for reuse, each for
+    ``idle_expiry`` seconds.
     """
 
-    def __init__(self, max_idle: int = 200, idle_expiry: float = 30.0) -> None:
+    def __init__(self, max_connections: int = 1000, max_idle: int = 200, idle_expiry: float = 30.0) -> None:
+        self.max_connections = max_connections
+        self._free = asyncio.Semaphore(max_connections)
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
         self.opened = 0  # connections ever opened (the tests count reuse with it)
@@ -340,7 +348,12 @@ class Pool:
     ) -> Response:
         """Send the request; return once the answer's status and headers have arrived."""
         origin, target = Origin.of(url)
-        connection = self._idle_connection(origin) or await self._connect(origin, connect_timeout)
+        await self._take_slot(connect_timeout)
+        try:
+            connection = self._idle_connection(origin) or await self._connect(origin, connect_timeout)
+        except BaseException:
+            self._free.release()
+            raise
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\n" % (method, target, origin.host_header, USER_AGENT)]
         head += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()]
         head.append(b"content-length: %d\r\n\r\n" % len(body))
@@ -352,10 +365,25 @@ class Pool:
                 await connection.wait(read_timeout)
         except BaseException:
             connection.close()
+            self.give_back(connection)
             raise
         return Response(self, connection, read_timeout)
 
-    def release(self, connection: _Connection) -> None:
+    async def _take_slot(self, timeout: float | None) -> None:
+        if not self._free.locked():
+            await self._free.acquire()  # free: returns at once
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._free.acquire()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"all {self.max_connections} upstream connections stayed in use for {timeout} s"
+            ) from None
+
+    def give_back(self, connection: _Connection) -> None:
+        """A request's connection, once its answer is read or given up: kept for reuse, or closed."""
+        self._free.release()
         if self.is_closed or not connection.reusable() or self._idle_count >= self.max_idle:
             connection.close()
             return

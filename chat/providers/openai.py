@@ -51,7 +51,7 @@ def http_client() -> http1.Pool:
             # A client holds its loop alive through its connections; forget those of closed loops.
             for stale in [other for other in _clients if other.is_closed()]:
                 del _clients[stale]
-            client = _clients[loop] = http1.Pool(max_idle=200, idle_expiry=30)
+            client = _clients[loop] = http1.Pool(max_connections=1000, max_idle=200, idle_expiry=30)
     return client
 
 

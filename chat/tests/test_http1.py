@@ -244,3 +244,19 @@ async def test_https_checks_the_certificate_against_the_trust_store(certificate,
         await server.stop()
     # One kept-alive connection for two requests (the refused handshake never reached the handler).
     assert server.connections == 1
+
+
+async def test_past_its_connections_a_request_waits_then_fails_with_pool_timeout():
+    server, url = await serve(answering(SSE_HEAD + b"content-length: 4\r\n\r\n", b"ok"))  # 2 of 4 bytes, then waits
+    pool = http1.Pool(max_connections=1)
+    try:
+        held = await pool.request(b"POST", url, {}, b"", connect_timeout=1, read_timeout=1)
+        with pytest.raises(http1.PoolTimeout, match=r"all 1 upstream connections stayed in use for 0\.2 s"):
+            await pool.request(b"POST", url, {}, b"", connect_timeout=0.2, read_timeout=1)
+        waiting = asyncio.create_task(pool.request(b"POST", url, {}, b"", connect_timeout=1, read_timeout=1))
+        await asyncio.sleep(0.05)
+        await held.aclose()  # frees the connection: the waiting request goes on
+        assert (await waiting).status_code == 200
+    finally:
+        await pool.aclose()
+        await server.stop()
