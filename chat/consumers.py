@@ -52,6 +52,7 @@ CLOSE_TOO_BIG = 1009
 BURST = 30  # messages a client may send at once
 REFILL_PER_SECOND = 10.0  # sustained messages per second
 FLOOD_DROPS = 60  # throttled messages tolerated before the socket is closed (1008)
+ENDED_KEPT = 32  # ended replies a socket remembers, to drop late copies of their events
 
 
 class _SourceFailed(NamedTuple):
@@ -124,6 +125,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.caller = Caller(user=self.user, key=self.scope.get("auth"))
         self.groups_joined: set[str] = set()
         self.last_seq: dict[int, int] = {}
+        self.ended: dict[int, None] = {}  # the replies whose end this socket sent lately, oldest first
         self.in_flight: set[int] = set()
         self.lease_task: asyncio.Task | None = None
         self.tokens, self.refilled_at, self.drops = float(BURST), time.monotonic(), 0
@@ -290,6 +292,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         last_seq = self._int_field(message, "last_seq")
         reply = await self._db(selectors.message_get, user=self.user, message_id=message_id)
         await self._join(reply.conversation_id)  # join first, so nothing falls between replay and live
+        self.ended.pop(message_id, None)  # asked for again: send it again
         self.last_seq[message_id] = max(self.last_seq.get(message_id, 0), last_seq)
         missed = await shared.replay_read(message_id, last_seq)
         if not missed:
@@ -333,12 +336,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def chat_events(self, event: dict) -> None:
+    async def chat_events(self, event: dict, *, fill_gaps: bool = True) -> None:
         """Reply events from the conversation groups (and replays), each sent once, in order.
 
         A generation sends ``packed``: its events already encoded, one JSON object
         a line, which go out as they are (a channel layer copies or serialises a
         list of dicts event by event; one bytes value costs next to nothing).
+
+        Events this socket missed of a reply it follows (a generation in another
+        process publishes only once it has seen this process listening, and an
+        outage may lose a batch) are read from the replay buffer first.
         """
         if "packed" in event:
             items = [(raw, orjson.loads(raw)) for raw in event["packed"].split(b"\n")]
@@ -346,14 +353,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             items = [(None, item) for item in event["events"]]
         for raw, item in items:
             message_id = item["message_id"]
-            if item["seq"] <= self.last_seq.get(message_id, 0):
+            if message_id in self.ended:
+                continue  # a copy of an event already sent (Redis's echo of a local batch)
+            last = self.last_seq.get(message_id, 0 if message_id in self.in_flight else None)
+            if last is not None and item["seq"] <= last:
                 continue
+            if fill_gaps and last is not None and item["seq"] > last + 1:
+                missed = [e for e in await shared.replay_read(message_id, last) if e["seq"] < item["seq"]]
+                await self.chat_events({"events": missed}, fill_gaps=False)
             self.last_seq[message_id] = item["seq"]
             if item["type"] == "start":
                 self._track(message_id)
             elif item["type"] in streaming.TERMINAL:
                 self.in_flight.discard(message_id)
                 self.last_seq.pop(message_id, None)
+                self.ended[message_id] = None
+                if len(self.ended) > ENDED_KEPT:
+                    del self.ended[next(iter(self.ended))]
             if raw is None:
                 await self._send(item)
             else:

@@ -95,15 +95,27 @@ class RedisStore:
         await redis.arun("replay append", None, op)
 
     async def append_events_and_publish(
-        self, key: str, events: list[tuple[int, bytes]], ttl: int, channel: str, message: bytes
+        self, key: str, events: list[tuple[int, bytes]], ttl: int, channel: str | None, message: bytes
     ) -> bool:
-        """``append_events``, then PUBLISH ``message`` on ``channel``, shipped with what
-        other replies on this loop hand in meanwhile; False when Redis did not take
-        them (down, or the breaker is open)."""
+        """``append_events``, then PUBLISH ``message`` on ``channel`` (unless None),
+        shipped with what other replies on this loop hand in meanwhile; False when
+        Redis did not take them (down, or the breaker is open)."""
         zadd = ["ZADD", key]
         for seq, raw in events:
             zadd += [seq, raw]
-        return await _shipper().ship([zadd, ["EXPIRE", key, ttl], ["PUBLISH", channel, message]])
+        commands = [zadd, ["EXPIRE", key, ttl]]
+        if channel is not None:
+            commands.append(["PUBLISH", channel, message])
+        return await _shipper().ship(commands)
+
+    async def subscribers(self, channels: list[str]) -> list[int] | None:
+        """How many connections are subscribed to each pub/sub channel; None if Redis cannot say."""
+
+        async def op(client):
+            counts = dict(await client.pubsub_numsub(*channels))
+            return [counts.get(channel.encode(), counts.get(channel, 0)) for channel in channels]
+
+        return await redis.arun("pubsub numsub", None, op)
 
     async def events_after(self, key: str, after_seq: int) -> list[bytes]:
         return await redis.arun("replay read", [], lambda client: client.zrangebyscore(key, f"({after_seq}", "+inf"))
@@ -283,15 +295,21 @@ async def replay_append_encoded(message_id: int, encoded: list[tuple[int, bytes]
 
 
 async def replay_append_and_publish(
-    message_id: int, encoded: list[tuple[int, bytes]], channel: str, message: bytes
+    message_id: int, encoded: list[tuple[int, bytes]], channel: str | None, message: bytes
 ) -> bool:
-    """``replay_append_encoded``, then a Redis PUBLISH of ``message`` on ``channel``, in
-    one pipeline: one round trip per batch instead of two. Redis runs them in order, so
-    whoever hears the message finds its events in the replay buffer. False when Redis
-    did not take them (the caller publishes another way; the append is lost, as
-    replay_append_encoded loses it in an outage). Needs Redis (RedisStore)."""
+    """``replay_append_encoded``, then a Redis PUBLISH of ``message`` on ``channel`` (None:
+    no publish), in one pipeline: one round trip per batch instead of two. Redis runs
+    them in order, so whoever hears the message finds its events in the replay buffer.
+    False when Redis did not take them (the caller publishes another way; the append
+    is lost, as replay_append_encoded loses it in an outage). Needs Redis (RedisStore)."""
     append = store().append_events_and_publish
     return await append(replay_key(message_id), encoded, settings.CHAT_REPLAY_TTL_SECONDS, channel, message)
+
+
+async def subscriber_counts(channels: list[str]) -> list[int] | None:
+    """Redis's count of connections subscribed to each pub/sub channel (every process's
+    channel layer counts once); None if Redis cannot say. Needs Redis (RedisStore)."""
+    return await store().subscribers(channels)
 
 
 async def replay_read(message_id: int, after_seq: int) -> list[dict]:

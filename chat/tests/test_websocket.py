@@ -304,3 +304,82 @@ async def test_an_idle_socket_opens_no_channel_until_it_joins_a_conversation(cha
         await communicator.disconnect()
     finally:
         del layer.new_channel
+
+
+def _deltas(conversation_id: int, message_id: int, seqs) -> list[dict]:
+    return [
+        {"type": "delta", "seq": seq, "message_id": message_id, "conversation_id": conversation_id, "text": f"{seq} "}
+        for seq in seqs
+    ]
+
+
+async def _group_send_packed(conversation_id: int, events: list[dict]) -> None:
+    packed = b"\n".join(orjson.dumps(event) for event in events)
+    await get_channel_layer().group_send(f"conv.{conversation_id}", {"type": "chat.events", "packed": packed})
+
+
+async def test_events_a_socket_missed_are_read_from_the_replay_buffer_and_late_copies_dropped(chat_client):
+    """A generation in another process publishes only once it has seen this process
+    listening, and an outage may lose a batch: a socket that sees a gap in a reply's
+    events reads what it missed from the replay buffer first. Copies that arrive
+    after the reply's end (Redis's echo of a batch delivered here) are dropped."""
+    from chat import shared
+
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+    assert (await receive(ws))["type"] == "subscribed"
+    message_id = 987_654
+    events = _deltas(conversation.pk, message_id, range(1, 6))
+    events.append({"type": "done", "seq": 6, "message_id": message_id, "conversation_id": conversation.pk})
+    await shared.replay_append(message_id, events)
+
+    await _group_send_packed(conversation.pk, events[:1])  # seq 1
+    await _group_send_packed(conversation.pk, events[4:])  # seq 5 and the end: 2-4 were lost
+    await _group_send_packed(conversation.pk, events[2:4])  # late copies of 3 and 4
+
+    seen = [await receive(ws) for _ in range(6)]
+    assert [event["seq"] for event in seen] == [1, 2, 3, 4, 5, 6]
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_reply_heard_only_here_skips_redis_pub_sub_until_another_process_listens(chat_client, make_model):
+    """This process's sockets get a reply's events directly; Redis publishes them only
+    while another process (here: a bare subscriber) listens on the conversation, and
+    always publishes the end."""
+    import redis.asyncio as aioredis
+    from django.conf import settings
+
+    from chat.streaming import _pubsub_channel
+
+    async def publishes() -> int:
+        return (await client.info("commandstats")).get("cmdstat_publish", {}).get("calls", 0)
+
+    await sync_to_async(make_model)("steady", "tokens-150+tps-50")  # 3 s of tokens
+    client = aioredis.from_url(settings.REDIS_URL)
+    ws = await connect(chat_client.key)
+    await ws.send_json_to({"type": "send", "content": "go", "model": "steady"})
+    accepted = await receive(ws)
+    channel = _pubsub_channel(get_channel_layer(), f"conv.{accepted['conversation_id']}")
+    here = [await receive(ws) for _ in range(40)]  # 0.8 s: the watch has looked at least twice
+    before = await publishes()
+    here += [await receive(ws) for _ in range(30)]  # 0.6 s more, heard only here
+    assert await publishes() == before
+
+    elsewhere = client.pubsub()
+    await elsewhere.subscribe(channel)  # another process's socket joins the conversation
+    heard = []
+    while not heard or heard[-1]["type"] != "done":
+        message = await elsewhere.get_message(ignore_subscribe_messages=True, timeout=5)
+        if message is not None:
+            packed = get_channel_layer().deserialize(message["data"])["packed"]
+            heard += [orjson.loads(raw) for raw in packed.split(b"\n")]
+    here += await until_final(ws, accepted["message_id"])
+
+    assert [event["seq"] for event in here] == list(range(1, len(here) + 1))  # each once, in order
+    assert len(heard) > 20 and [e["seq"] for e in heard] == list(range(heard[0]["seq"], here[-1]["seq"] + 1))
+    await elsewhere.aclose()
+    await client.aclose()
+    await ws.disconnect()
