@@ -475,9 +475,9 @@ class _Watch:
     async def _check_elsewhere(self, watched: list[Generation]) -> None:
         """Whether any other process has sockets on each generation's conversation.
 
-        A socket joining elsewhere between two checks misses the batches published
-        meanwhile, and fetches them from the replay buffer when the next one shows
-        the gap (ChatConsumer.chat_events); the end of a reply is always published.
+        A socket that joins elsewhere between two checks is not sent the batches
+        shipped meanwhile; it reads them from the replay buffer when the next one it
+        gets shows the gap (ChatConsumer.chat_events). A reply's end is always sent.
         """
         layer = get_channel_layer()
         channels = [_pubsub_channel(layer, conversation_group(g.conversation_id)) for g in watched]
