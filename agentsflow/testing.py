@@ -83,6 +83,7 @@ class Server:
     process: subprocess.Popen
     log_path: Path
     key: str = ""  # the prepared user's API key, when the server runs on a prepared platform
+    env: dict[str, str] | None = None  # what it runs with on top of os.environ, when prepared here
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -311,7 +312,7 @@ def run_platform_on_fake_upstream(
     }
     platform = prepare_platform(env)
     with run_server(env, workers=workers, log_path=tmp_dir / "server.log") as server:
-        server.key = platform.key
+        server.key, server.env = platform.key, env
         yield server
 
 

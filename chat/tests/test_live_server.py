@@ -15,7 +15,7 @@ import orjson
 import pytest
 import websockets
 
-from agentsflow.testing import loopback_production_env, run_platform_on_fake_upstream
+from agentsflow.testing import loopback_production_env, run_platform_on_fake_upstream, run_server
 
 pytestmark = pytest.mark.server
 
@@ -161,6 +161,30 @@ async def test_cancel_from_another_connection_stops_the_reply_within_a_second(li
             late_deltas.append(sum(1 for event in events if event["type"] == "delta"))
     record_property("figure", f"deltas after cancel: {late_deltas} (30 = 1 s)")
     assert min(late_deltas) <= 30  # at least one of three within a second even on a loaded machine
+
+
+@pytest.mark.redis
+async def test_a_socket_on_another_server_resumes_a_reply_and_misses_nothing(live, tmp_path):
+    """A generation publishes its events on Redis only while another process has a
+    socket on the conversation (it looks every 0.25 s): a socket that resumes on a
+    second server process, after the generation found nobody else listening, must
+    still get every event once, in order (the gap is read from the replay buffer)."""
+    with run_server(live.env, log_path=tmp_path / "other.log") as other:
+        other.key = live.key
+        async with await _socket(live) as here, await _socket(other) as there:
+            await here.recv()
+            await there.recv()
+            await here.send(json.dumps({"type": "send", "content": "go", "model": "slow"}))
+            reply_id = json.loads(await here.recv())["message_id"]
+            seen_here = [json.loads(await here.recv()) for _ in range(30)]  # 1 s: the watch has looked
+            await there.send(json.dumps({"type": "resume", "message_id": reply_id, "last_seq": 0}))
+            seen_there = [json.loads(await there.recv()) for _ in range(40)]
+            await here.send(json.dumps({"type": "cancel", "message_id": reply_id}))
+            seen_here += await _until_final(here, reply_id)
+            seen_there += await _until_final(there, reply_id)
+    assert [e["seq"] for e in seen_here] == list(range(1, len(seen_here) + 1))
+    assert [e["seq"] for e in seen_there] == [e["seq"] for e in seen_here]
+    assert seen_there[-1]["status"] == "cancelled" and seen_there[-1]["content"] == seen_here[-1]["content"]
 
 
 async def test_sse_resume_on_a_new_connection(live):
