@@ -254,7 +254,7 @@ def pack_commands(commands: list[list]) -> bytes:
     """Commands of str, bytes, int and float arguments in Redis's protocol, packed by
     hiredis in C: redis-py's asyncio connection packs in Python, checking and
     encoding each argument in several calls, and with an argument per event that
-    was a tenth of a streaming worker's CPU (py-spy)."""
+    was 8 % of a streaming worker's py-spy samples."""
     return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
 
 
