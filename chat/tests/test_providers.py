@@ -249,12 +249,16 @@ async def test_the_read_timeout_bounds_each_gap_not_the_whole_answer(upstream):
 
 async def test_a_stall_mid_stream_is_a_timeout(upstream):
     deltas: list[str] = []
+    before = upstream_stats(upstream)
 
     with pytest.raises(ProviderTimeout, match="stalled"):
         async for chunk in make_provider(upstream, read_timeout=0.3).stream(make_request("tps-2")):
             deltas.append(chunk.delta)
 
     assert deltas == ["The "]
+    # The upstream sees the hang-up at its next token, up to 0.5 s later: wait for it
+    # here, or a later test that counts disconnects would count this one too (CI saw it).
+    await eventually(lambda: upstream_stats(upstream)["disconnects"] == before["disconnects"] + 1, within=2.0)
 
 
 # --- reading server-sent events ----------------------------------------------------------
