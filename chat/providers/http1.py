@@ -330,7 +330,6 @@ class Pool:
         self._free = asyncio.Semaphore(max_connections)
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
-        self.opened = 0  # connections ever opened (the tests count reuse with it)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._ssl_context: ssl.SSLContext | None = None
@@ -421,7 +420,6 @@ class Pool:
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the request goes out at once
-        self.opened += 1
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:
