@@ -15,6 +15,7 @@ and no redirects, proxies, cookies or compression (nothing asks for gzip).
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import socket
@@ -67,8 +68,10 @@ class Origin(NamedTuple):
     host_header: bytes
 
     @classmethod
+    @functools.lru_cache(maxsize=256)
     def of(cls, url: str) -> tuple[Origin, bytes]:
-        """The origin of an http(s) URL, and the request target (path and query) to ask it for."""
+        """The origin of an http(s) URL, and the request target (path and query) to ask it for.
+        Parsed once per URL: a provider asks for the same one on every request."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
