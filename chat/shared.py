@@ -112,8 +112,8 @@ class RedisStore:
         """How many connections are subscribed to each pub/sub channel; None if Redis cannot say."""
 
         async def op(client):
-            counts = dict(await client.pubsub_numsub(*channels))
-            return [counts.get(channel.encode(), counts.get(channel, 0)) for channel in channels]
+            counts = dict(await client.pubsub_numsub(*channels))  # names as bytes: no decode_responses
+            return [counts.get(channel.encode(), 0) for channel in channels]
 
         return await redis.arun("pubsub numsub", None, op)
 
