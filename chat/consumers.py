@@ -80,7 +80,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Channels' await_many_dispatch over the client and, once opened, the
         socket's channel: one message handled at a time, in arrival order.
 
-        Each source has a task that hands its messages to one queue, where channels
+        Each source has a task that hands its messages to one queue. Channels instead
         waits on both with asyncio.wait and starts a new task per message: with a
         token every 20 ms per socket, that bookkeeping cost more than the frame.
         The queue holds one message, so neither source reads far ahead.
