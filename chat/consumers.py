@@ -10,6 +10,7 @@ groups joined, the replies in flight and the last sequence number seen of each.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -55,6 +56,9 @@ FLOOD_DROPS = 60  # throttled messages tolerated before the socket is closed (10
 ENDED_KEPT = 32  # ended replies a socket remembers, to drop late copies of their events
 
 
+_WAKE = object()  # in the inbox: batches are waiting in the local lane
+
+
 class _SourceFailed(NamedTuple):
     error: Exception
 
@@ -83,22 +87,42 @@ class ChatConsumer(AsyncWebsocketConsumer):
         Each source has a task that hands its messages to one queue. Channels instead
         waits on both with asyncio.wait and starts a new task per message: with a
         token every 20 ms per socket, that bookkeeping cost more than the frame.
-        The queue holds one message, so neither source reads far ahead.
+        The queue holds one message, so neither source reads far ahead. Batches of
+        this process's generations come first, from ``take_local``.
         """
         self._inbox: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._local: collections.deque[dict] = collections.deque()
+        self._idle = False  # waiting on the inbox
         self._pumps = [asyncio.create_task(self._pump(receive))]
         try:
             while True:
+                while self._local:
+                    await self.dispatch(self._local.popleft())
+                self._idle = True
                 message = await self._inbox.get()
+                self._idle = False
+                if message is _WAKE:
+                    continue
                 if isinstance(message, _SourceFailed):
                     raise message.error
                 await self.dispatch(message)
         finally:
+            for group in getattr(self, "groups_joined", ()):  # connect() may not have run
+                streaming.stop_listening_here(group, self)
             for task in self._pumps:
                 task.cancel()  # the channel's receive unsubscribes from the layer when cancelled
             for task in self._pumps:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def take_local(self, message: dict) -> None:
+        """A batch of reply events from a generation in this process (chat.streaming),
+        handed over directly rather than through the channel layer (unbounded, as the
+        layer's queues are)."""
+        self._local.append(message)
+        if self._idle and not self._inbox.full():
+            self._idle = False
+            self._inbox.put_nowait(_WAKE)
 
     async def _pump(self, source) -> None:
         try:
@@ -279,6 +303,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         group = streaming.conversation_group(self._int_field(message, "conversation_id"))
         if group in self.groups_joined:
             self.groups_joined.discard(group)
+            streaming.stop_listening_here(group, self)
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def handle_cancel(self, message: dict) -> None:
@@ -391,6 +416,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if group not in self.groups_joined:
             await self.channel_layer.group_add(group, await self._channel())
             self.groups_joined.add(group)
+            streaming.listen_here(group, self)
 
     async def _start(self, plan: services.SendPlan, accepted: dict) -> None:
         try:

@@ -110,17 +110,29 @@ def _pubsub_channel(layer, group: str) -> str | None:
     return layer._get_group_channel_name(group)
 
 
-def _deliver_locally(layer, channel: str, data: bytes) -> None:
-    """Hand a serialised group message to this process's sockets in the group, as
-    channels-redis does with what Redis sends it (into each channel's queue): a
-    worker's own replies no longer make the round trip through Redis pub/sub
-    (13 % of a streaming worker's py-spy samples; 2–5 % of its CPU, measured by
-    bench.stream_figure)."""
-    loop_layer = layer._get_layer()
-    for name in loop_layer.groups.get(channel, ()):
-        queue = loop_layer.channels.get(name)
-        if queue is not None:
-            queue.put_nowait(data)
+# This process's sockets in each conversation group (chat.consumers registers them):
+# a generation here hands its batches to them directly, so a worker's own replies
+# skip the round trip through Redis pub/sub and the channel layer's queue, its
+# receiving task and msgpack.
+_local_sockets: dict[str, set] = {}
+
+
+def listen_here(group: str, socket) -> None:
+    """``socket.take_local(message)`` gets the batches of this process's generations in ``group``."""
+    _local_sockets.setdefault(group, set()).add(socket)
+
+
+def stop_listening_here(group: str, socket) -> None:
+    sockets = _local_sockets.get(group)
+    if sockets is not None:
+        sockets.discard(socket)
+        if not sockets:
+            del _local_sockets[group]
+
+
+def _deliver_locally(group: str, message: dict) -> None:
+    for socket in tuple(_local_sockets.get(group, ())):
+        socket.take_local(message)
 
 
 def _subscribed_here(layer, channel: str) -> bool:
@@ -223,15 +235,15 @@ class Generation:
             encoded = [(event["seq"], orjson.dumps(event)) for event in batch]
             message = {"type": "chat.events", "packed": b"\n".join(raw for _, raw in encoded)}
             if channel is not None:
-                data = layer.serialize(message)
                 # Redis publishes the batch only for other processes' sockets (and always
                 # the end, which no socket may miss); this process's get it directly, once
                 # it is in the replay buffer (where a socket that finds a gap looks).
                 publish = self.heard_elsewhere or finished or batch[-1]["type"] in TERMINAL
+                data = layer.serialize(message) if publish else b""
                 shipped = await shared.replay_append_and_publish(
                     self.message_id, encoded, channel if publish else None, data
                 )
-                _deliver_locally(layer, channel, data)
+                _deliver_locally(group, message)
             else:
                 await shared.replay_append_encoded(self.message_id, encoded)
                 shipped = False

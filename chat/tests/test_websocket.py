@@ -344,6 +344,33 @@ async def test_events_a_socket_missed_are_read_from_the_replay_buffer_and_late_c
     await ws.disconnect()
 
 
+async def test_a_socket_leaves_the_local_lane_when_it_unsubscribes_or_closes(chat_client):
+    """Generations hand their batches straight to this process's sockets in the
+    group: one that left the conversation, or closed, is no longer among them."""
+    from chat import streaming
+
+    conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
+    group = streaming.conversation_group(conversation.pk)
+    ws = await connect(chat_client.key)
+    other = await connect(chat_client.key)
+    for communicator in (ws, other):
+        await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+        assert (await receive(communicator))["type"] == "subscribed"
+    assert len(streaming._local_sockets[group]) == 2
+
+    await ws.send_json_to({"type": "unsubscribe", "conversation_id": conversation.pk})
+    await ws.send_json_to({"type": "ping"})
+    assert (await receive(ws))["type"] == "pong"
+    assert len(streaming._local_sockets[group]) == 1
+    await other.disconnect()
+    assert group not in streaming._local_sockets
+
+    await ws.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
+    assert (await receive(ws))["type"] == "subscribed"
+    await ws.disconnect()
+    assert group not in streaming._local_sockets
+
+
 @pytest.mark.redis
 async def test_a_reply_heard_only_here_skips_redis_pub_sub_until_another_process_listens(chat_client, make_model):
     """This process's sockets get a reply's events directly; Redis publishes them only
@@ -371,11 +398,12 @@ async def test_a_reply_heard_only_here_skips_redis_pub_sub_until_another_process
     elsewhere = client.pubsub()
     await elsewhere.subscribe(channel)  # another process's socket joins the conversation
     heard = []
-    while not heard or heard[-1]["type"] != "done":
-        message = await elsewhere.get_message(ignore_subscribe_messages=True, timeout=5)
-        if message is not None:
-            packed = get_channel_layer().deserialize(message["data"])["packed"]
-            heard += [orjson.loads(raw) for raw in packed.split(b"\n")]
+    async with asyncio.timeout(10):  # the reply has 3 s of tokens
+        while not heard or heard[-1]["type"] != "done":
+            message = await elsewhere.get_message(ignore_subscribe_messages=True, timeout=5)
+            if message is not None:
+                packed = get_channel_layer().deserialize(message["data"])["packed"]
+                heard += [orjson.loads(raw) for raw in packed.split(b"\n")]
     here += await until_final(ws, accepted["message_id"])
 
     assert [event["seq"] for event in here] == list(range(1, len(here) + 1))  # each once, in order
