@@ -15,10 +15,13 @@ both checks alike: the empty query would wait for TCP to give up.)
 from __future__ import annotations
 
 import datetime
+import functools
 import select
 
 import psycopg
+from django.db.backends.postgresql import base as django_postgresql
 from django_prometheus.db.backends.postgresql import base
+from django_prometheus.db.common import ExportingCursorWrapper
 from psycopg.adapt import Loader
 
 
@@ -60,7 +63,20 @@ class UtcTimestamptzLoader(Loader):
         return self._load(data)
 
 
+@functools.cache
+def _exporting_cursor(cursor_class: type, alias: str, vendor: str) -> type:
+    return ExportingCursorWrapper(cursor_class, alias, vendor)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self):
+        """django-prometheus's, with its query-counting cursor class made once per
+        kind of cursor: it defined a new class on every connect, which with the pool
+        is every checkout (each request, each hop to a database thread)."""
+        params = django_postgresql.DatabaseWrapper.get_connection_params(self)
+        params["cursor_factory"] = _exporting_cursor(params["cursor_factory"], self.alias, self.vendor)
+        return params
+
     @property
     def pool(self):
         pool = super().pool
