@@ -238,7 +238,7 @@ class Generation:
                 # Redis publishes the batch only for other processes' sockets (and always
                 # the end, which no socket may miss); this process's get it directly, once
                 # it is in the replay buffer (where a socket that finds a gap looks).
-                publish = self.heard_elsewhere or finished or batch[-1]["type"] in TERMINAL
+                publish = self.heard_elsewhere or batch[-1]["type"] in TERMINAL
                 data = layer.serialize(message) if publish else b""
                 shipped = await shared.replay_append_and_publish(
                     self.message_id, encoded, channel if publish else None, data
