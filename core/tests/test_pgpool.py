@@ -94,15 +94,15 @@ def test_connections_share_one_query_counting_cursor_class():
     """django-prometheus defined a new cursor class on every connect (every pool
     checkout); the platform's backend makes it once, and it still counts queries."""
     from django.db import connection
-    from django_prometheus.db import execute_total
+    from prometheus_client import REGISTRY
 
     if connection.vendor != "postgresql":
         pytest.skip("needs DATABASE_URL (PostgreSQL)")
     factory = connection.get_connection_params()["cursor_factory"]
     assert connection.get_connection_params()["cursor_factory"] is factory
-    counted = execute_total.labels(connection.alias, connection.vendor)
-    before = counted._value.get()
+    labels = {"alias": connection.alias, "vendor": connection.vendor}
+    before = REGISTRY.get_sample_value("django_db_execute_total", labels) or 0.0
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         assert isinstance(cursor.cursor, factory)
-    assert counted._value.get() == before + 1
+    assert REGISTRY.get_sample_value("django_db_execute_total", labels) == before + 1
