@@ -12,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agentsflow.asgi import application
+from chat import shared, streaming
 from chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -315,7 +316,8 @@ def _deltas(conversation_id: int, message_id: int, seqs) -> list[dict]:
 
 async def _group_send_packed(conversation_id: int, events: list[dict]) -> None:
     packed = b"\n".join(orjson.dumps(event) for event in events)
-    await get_channel_layer().group_send(f"conv.{conversation_id}", {"type": "chat.events", "packed": packed})
+    message = {"type": "chat.events", "packed": packed}
+    await get_channel_layer().group_send(streaming.conversation_group(conversation_id), message)
 
 
 async def test_events_a_socket_missed_are_read_from_the_replay_buffer_and_late_copies_dropped(chat_client):
@@ -323,8 +325,6 @@ async def test_events_a_socket_missed_are_read_from_the_replay_buffer_and_late_c
     listening, and an outage may lose a batch: a socket that sees a gap in a reply's
     events reads what it missed from the replay buffer first. Copies that arrive
     after the reply's end (Redis's echo of a batch delivered here) are dropped."""
-    from chat import shared
-
     conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
     ws = await connect(chat_client.key)
     await ws.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
@@ -347,8 +347,6 @@ async def test_events_a_socket_missed_are_read_from_the_replay_buffer_and_late_c
 async def test_a_socket_leaves_the_local_lane_when_it_unsubscribes_or_closes(chat_client):
     """Generations hand their batches straight to this process's sockets in the
     group: one that left the conversation, or closed, is no longer among them."""
-    from chat import streaming
-
     conversation = await sync_to_async(Conversation.objects.create)(user=chat_client.user, model_name="echo")
     group = streaming.conversation_group(conversation.pk)
     ws = await connect(chat_client.key)
@@ -379,8 +377,6 @@ async def test_a_reply_heard_only_here_skips_redis_pub_sub_until_another_process
     import redis.asyncio as aioredis
     from django.conf import settings
 
-    from chat.streaming import _pubsub_channel
-
     async def publishes() -> int:
         return (await client.info("commandstats")).get("cmdstat_publish", {}).get("calls", 0)
 
@@ -389,7 +385,7 @@ async def test_a_reply_heard_only_here_skips_redis_pub_sub_until_another_process
     ws = await connect(chat_client.key)
     await ws.send_json_to({"type": "send", "content": "go", "model": "steady"})
     accepted = await receive(ws)
-    channel = _pubsub_channel(get_channel_layer(), f"conv.{accepted['conversation_id']}")
+    channel = streaming._pubsub_channel(get_channel_layer(), streaming.conversation_group(accepted["conversation_id"]))
     here = [await receive(ws) for _ in range(40)]  # 0.8 s: the watch has looked at least twice
     before = await publishes()
     here += [await receive(ws) for _ in range(30)]  # 0.6 s more, heard only here
