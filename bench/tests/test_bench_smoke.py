@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agentsflow.testing import BASE_DIR
+from agentsflow.testing import BASE_DIR, fresh_database_env, pg_admin_connection
+from bench import orm_cost
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.postgres, pytest.mark.redis]
 
@@ -96,3 +97,19 @@ def test_the_stream_figure_on_its_own(tmp_path):
         assert run["cpu_seconds_by_process"]["asgi"] > 0
     report = (tmp_path / "figure.md").read_text()
     assert "| before |" in report and "| after |" in report and "| asgi |" in report
+
+
+def test_orm_cost_times_each_statement_of_a_send_and_leaves_the_database_as_it_was(tmp_path):
+    """bench.orm_cost on a database of its own: a row for each of the send's six
+    statements, both ways, and no rows left behind (it rolls its work back)."""
+    env = {**os.environ, **fresh_database_env("ormcost", tmp_path)}
+    command = [sys.executable, "-m", "bench.orm_cost", "--rounds", "1", "--calls", "3"]
+    finished = subprocess.run(command, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    rows = {line[:26].strip(): line[26:].split() for line in finished.stdout.splitlines()[2:]}
+    assert set(rows) == {*orm_cost.STATEMENTS, "a send, all six"}
+    assert all(len(figures) == 3 and float(figures[0]) > 0 and float(figures[1]) > 0 for figures in rows.values())
+    database = env["DATABASE_URL"].rsplit("/", 1)[1]
+    with pg_admin_connection(env["DATABASE_URL"], dbname=database) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
