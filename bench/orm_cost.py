@@ -125,7 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.orm_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--history", type=int, default=20, help="messages in the conversation (figure 4 uses 20)")
+    parser.add_argument(
+        "--history", type=int, default=20, help="messages in the conversation (bench.request_cost's default)"
+    )
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL"):
         parser.error("needs DATABASE_URL (the ORM's cost on PostgreSQL is the question)")
