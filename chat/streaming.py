@@ -110,28 +110,29 @@ def _pubsub_channel(layer, group: str) -> str | None:
     return layer._get_group_channel_name(group)
 
 
-# This process's sockets in each conversation group (chat.consumers registers them):
-# a generation here hands its batches to them directly, so a worker's own replies
-# skip the round trip through Redis pub/sub and the channel layer's queue, its
-# receiving task and msgpack.
-_local_sockets: dict[str, set] = {}
+# This process's sockets in each conversation group (chat.consumers registers them),
+# per event loop as the channel layer's subscriptions are: a generation here hands
+# its batches to the sockets of its own loop directly, so a worker's own replies skip
+# the round trip through Redis pub/sub and the channel layer's queue, its receiving
+# task and msgpack. A socket on another loop is another subscriber to Redis.
+_local_sockets = per_event_loop(dict)
 
 
 def listen_here(group: str, socket) -> None:
-    """``socket.take_local(message)`` gets the batches of this process's generations in ``group``."""
-    _local_sockets.setdefault(group, set()).add(socket)
+    """``socket.take_local(message)`` gets the batches of this loop's generations in ``group``."""
+    _local_sockets().setdefault(group, set()).add(socket)
 
 
 def stop_listening_here(group: str, socket) -> None:
-    sockets = _local_sockets.get(group)
+    sockets = _local_sockets().get(group)
     if sockets is not None:
         sockets.discard(socket)
         if not sockets:
-            del _local_sockets[group]
+            del _local_sockets()[group]
 
 
 def _deliver_locally(group: str, message: dict) -> None:
-    for socket in tuple(_local_sockets.get(group, ())):
+    for socket in _local_sockets().get(group, ()):
         socket.take_local(message)
 
 

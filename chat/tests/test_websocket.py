@@ -354,19 +354,46 @@ async def test_a_socket_leaves_the_local_lane_when_it_unsubscribes_or_closes(cha
     for communicator in (ws, other):
         await communicator.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
         assert (await receive(communicator))["type"] == "subscribed"
-    assert len(streaming._local_sockets[group]) == 2
+    assert len(streaming._local_sockets()[group]) == 2
 
     await ws.send_json_to({"type": "unsubscribe", "conversation_id": conversation.pk})
     await ws.send_json_to({"type": "ping"})
     assert (await receive(ws))["type"] == "pong"
-    assert len(streaming._local_sockets[group]) == 1
+    assert len(streaming._local_sockets()[group]) == 1
     await other.disconnect()
-    assert group not in streaming._local_sockets
+    assert group not in streaming._local_sockets()
 
     await ws.send_json_to({"type": "subscribe", "conversation_id": conversation.pk})
     assert (await receive(ws))["type"] == "subscribed"
     await ws.disconnect()
-    assert group not in streaming._local_sockets
+    assert group not in streaming._local_sockets()
+
+
+async def test_the_local_lane_hands_batches_only_to_sockets_of_the_same_event_loop():
+    """A socket's queues belong to its event loop and are not thread-safe: a generation
+    on another loop (another thread) must not touch them. That socket is another
+    subscriber to Redis for it, as a socket in another process is."""
+
+    class Socket:
+        def __init__(self) -> None:
+            self.taken: list[dict] = []
+
+        def take_local(self, message: dict) -> None:
+            self.taken.append(message)
+
+    socket, group, batch = Socket(), "conv.loop-test", {"type": "chat.events", "packed": b"{}"}
+    streaming.listen_here(group, socket)
+    try:
+
+        async def deliver_on_another_loop() -> None:
+            streaming._deliver_locally(group, batch)
+
+        await asyncio.to_thread(asyncio.run, deliver_on_another_loop())
+        assert socket.taken == []
+        streaming._deliver_locally(group, batch)
+        assert socket.taken == [batch]
+    finally:
+        streaming.stop_listening_here(group, socket)
 
 
 @pytest.mark.redis
